@@ -1,0 +1,258 @@
+"""`python -m export`: checkpoint -> TorchScript + ONNX + model_meta.json, checked for parity."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from export.architectures import ArchitectureError
+from export.checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from export.parity import ParityReport, check_parity, image_paths
+from export.writers import example_batch, write_onnx, write_torchscript
+from modelspec.meta import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MODEL_FILES,
+    RESIZE_MODES,
+    MetaError,
+    ModelMeta,
+    PreprocessSpec,
+)
+
+# torch.jit is deprecated upstream but is what TorchServe loads; its warnings are noise here.
+warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+
+DEFAULT_PARITY_IMAGES = Path(__file__).resolve().parent / "parity_images"
+
+
+class ExportError(RuntimeError):
+    """Export stopped; the message says why."""
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    meta: ModelMeta
+    parity: ParityReport
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a trained image classifier to TorchScript and ONNX, with a parity "
+        "check against the original model and a model_meta.json for the handler.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="state_dict, {'model_state_dict': ...}, whole pickled model, or TorchScript",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--name", help="model name (default: the output directory's name)")
+    parser.add_argument(
+        "--arch",
+        help="torchvision architecture, e.g. resnet50, efficientnet_v2_s "
+        "(needed for weights-only checkpoints)",
+    )
+    classes = parser.add_mutually_exclusive_group()
+    classes.add_argument("--classes", type=Path, help="file with one class name per line")
+    classes.add_argument("--class-names", help="comma-separated class names, in index order")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow unpickling Python objects (whole saved models): only for "
+        "files from a source you trust",
+    )
+    parser.add_argument(
+        "--resize-mode",
+        choices=RESIZE_MODES,
+        default="shorter_side",
+        help="shorter_side: Resize(N) keeping aspect; square: Resize((N, N))",
+    )
+    parser.add_argument("--resize-size", type=int, default=256)
+    parser.add_argument("--input-size", type=int, default=224, help="CenterCrop size")
+    parser.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN)
+    parser.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD)
+    parser.add_argument(
+        "--fp16", action="store_true", help="also write fp16 TorchScript and ONNX (for GPU workers)"
+    )
+    parser.add_argument(
+        "--parity-images",
+        type=Path,
+        default=DEFAULT_PARITY_IMAGES,
+        help="folder of real images for the parity check",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="fp32: allowed max|Δlogit| relative to max(1, max|logit|)",
+    )
+    parser.add_argument(
+        "--fp16-tolerance",
+        type=float,
+        default=1e-2,
+        help="fp16: allowed max|Δlogit| relative to max(1, max|logit|)",
+    )
+    return parser.parse_args(argv)
+
+
+def resolve_class_names(args: argparse.Namespace, loaded: LoadedModel, count: int) -> list[str]:
+    if args.classes:
+        if not args.classes.is_file():
+            raise ExportError(f"classes file not found: {args.classes}")
+        names = [line.strip() for line in args.classes.read_text().splitlines() if line.strip()]
+        source = str(args.classes)
+    elif args.class_names:
+        names = [n.strip() for n in args.class_names.split(",") if n.strip()]
+        source = "--class-names"
+    elif loaded.class_names:
+        names, source = loaded.class_names, "the checkpoint"
+    else:
+        raise ExportError(
+            f"the model has {count} classes but no names were given: pass --classes FILE "
+            "(one per line) or --class-names 'a,b,c'"
+        )
+    if len(names) != count:
+        raise ExportError(
+            f"{source} lists {len(names)} class names but the model has {count} outputs"
+        )
+    return names
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torchvision
+
+    return {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class _Steps:
+    """Numbered progress lines with the time each step took."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def __call__(self, label: str) -> None:
+        now = time.perf_counter()
+        if self.done:
+            print(f"      done in {now - self.started:.1f}s", flush=True)
+        self.done += 1
+        self.started = now
+        print(f"[{self.done}/{self.total}] {label}", flush=True)
+
+    def finish(self) -> None:
+        print(f"      done in {time.perf_counter() - self.started:.1f}s", flush=True)
+
+
+def export_model(args: argparse.Namespace) -> ExportResult:
+    out_dir: Path = args.out
+    steps = _Steps(5 if args.fp16 else 4)
+    steps(f"loading {args.checkpoint}")
+    loaded = load_checkpoint(args.checkpoint, args.arch, args.trust_checkpoint)
+    spec = PreprocessSpec(
+        input_size=args.input_size,
+        resize_size=args.resize_size,
+        resize_mode=args.resize_mode,
+        mean=tuple(args.mean),
+        std=tuple(args.std),
+    )
+    example = example_batch(spec.input_size)
+    with torch.no_grad():
+        logits = loaded.model(example)
+    class_names = resolve_class_names(args, loaded, int(logits.shape[1]))
+    print(f"      {loaded.format}, {loaded.architecture}, {len(class_names)} classes")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model_meta.json").unlink(missing_ok=True)  # a failed export must not look done
+    files = {
+        "torchscript/fp32": MODEL_FILES[("torchscript", "fp32")],
+        "onnx/fp32": MODEL_FILES[("onnx", "fp32")],
+    }
+    steps("writing TorchScript (traced, frozen) and ONNX (dynamic batch)")
+    write_torchscript(loaded.model, out_dir / files["torchscript/fp32"], example)
+    exporter = write_onnx(loaded.model, out_dir / files["onnx/fp32"], example)
+    if args.fp16:
+        steps("writing fp16 TorchScript and ONNX")
+        half = _half_copy(loaded)
+        files["torchscript/fp16"] = MODEL_FILES[("torchscript", "fp16")]
+        files["onnx/fp16"] = MODEL_FILES[("onnx", "fp16")]
+        write_torchscript(half, out_dir / files["torchscript/fp16"], example.half())
+        write_onnx(half, out_dir / files["onnx/fp16"], example.half())
+
+    steps("parity check: eager vs TorchScript vs ONNX Runtime")
+    report = check_parity(
+        loaded.model,
+        out_dir,
+        files,
+        spec,
+        image_paths(args.parity_images),
+        {"fp32": args.tolerance, "fp16": args.fp16_tolerance},
+    )
+    report.save(out_dir / "parity.json")
+    print(report.table())
+    if not report.passed:
+        raise ExportError(f"parity check failed; details in {out_dir / 'parity.json'}")
+
+    steps("writing model_meta.json")
+    meta = ModelMeta(
+        name=args.name or out_dir.resolve().name,
+        architecture=loaded.architecture,
+        class_names=class_names,
+        preprocess=spec,
+        files=files,
+        export={
+            **_versions(),
+            "onnx_exporter": exporter,
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+        source={
+            "checkpoint": Path(args.checkpoint).name,
+            "format": loaded.format,
+            "sha256": loaded.sha256,
+            **{k: v for k, v in loaded.extras.items()},
+        },
+    )
+    meta.save(out_dir)
+    steps.finish()
+    return ExportResult(out_dir, meta, report)
+
+
+def _half_copy(loaded: LoadedModel) -> torch.nn.Module:
+    if loaded.is_torchscript and not any(True for _ in loaded.model.parameters()):
+        raise ExportError(
+            "--fp16 needs weights, but this TorchScript file is frozen; export "
+            "fp16 from the original checkpoint instead"
+        )
+    return copy.deepcopy(loaded.model).half().eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = export_model(args)
+    except (CheckpointError, ArchitectureError, MetaError, ExportError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"exported {result.meta.name} to {result.out_dir}: {', '.join(result.meta.files.values())}"
+    )
+    return 0

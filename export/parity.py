@@ -1,0 +1,162 @@
+"""Parity: do the exported files compute what the original model computes?
+
+Each exported file runs the same inputs as the eager model (random tensors and real images
+through the reference preprocessing). Reported per file: max |Δlogit| and top-1 agreement.
+A file fails when max |Δlogit| exceeds tolerance x max(1, max|eager logit|). Within that bound
+a top-1 can only change where the eager top-2 margin is under twice the bound (a near-tie).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from modelspec.meta import ONNX_INPUT_NAME, PreprocessSpec
+from modelspec.reference import reference_tensor
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+CHUNK = 8
+
+
+@dataclass
+class FileParity:
+    file: str
+    backend: str
+    precision: str
+    max_abs_diff: float
+    bound: float
+    top1_agreement: float
+    passed: bool
+
+
+@dataclass
+class ParityReport:
+    random_inputs: int
+    image_inputs: list[str]
+    files: list[FileParity]
+
+    @property
+    def passed(self) -> bool:
+        return all(f.passed for f in self.files)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "random_inputs": self.random_inputs,
+            "image_inputs": self.image_inputs,
+            "files": [asdict(f) for f in self.files],
+        }
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def table(self) -> str:
+        lines = [
+            f"parity on {self.random_inputs} random + {len(self.image_inputs)} image inputs",
+            f"{'file':28s} {'max|Δlogit|':>12s} {'bound':>9s} {'top-1 agree':>11s}  result",
+        ]
+        for f in self.files:
+            lines.append(
+                f"{f.file:28s} {f.max_abs_diff:12.2e} {f.bound:9.1e} {f.top1_agreement:11.1%}  "
+                + ("ok" if f.passed else "FAIL")
+            )
+        return "\n".join(lines)
+
+
+def image_paths(folder: Path | None) -> list[Path]:
+    if folder is None or not Path(folder).is_dir():
+        return []
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def parity_inputs(
+    spec: PreprocessSpec, images: list[Path], random_count: int = 8, seed: int = 0
+) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    size = spec.input_size
+    tensors = [torch.randn(random_count, 3, size, size, generator=generator)]
+    for path in images:
+        with Image.open(path) as image:
+            tensors.append(reference_tensor(image, spec).unsqueeze(0))
+    return torch.cat(tensors)
+
+
+def _in_chunks(run, inputs: torch.Tensor) -> torch.Tensor:
+    return torch.cat([run(inputs[i : i + CHUNK]) for i in range(0, len(inputs), CHUNK)])
+
+
+def run_eager(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return _in_chunks(lambda x: model(x).float(), inputs)
+
+
+def run_torchscript(path: Path, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+    with torch.no_grad():
+        return _in_chunks(lambda x: module(x.to(dtype)).float(), inputs)
+
+
+def run_onnx(path: Path, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np_dtype = np.float16 if dtype == torch.float16 else np.float32
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        (out,) = session.run(None, {ONNX_INPUT_NAME: x.numpy().astype(np_dtype)})
+        return torch.from_numpy(out).float()
+
+    return _in_chunks(run, inputs)
+
+
+def compare(
+    name: str,
+    backend: str,
+    precision: str,
+    eager: torch.Tensor,
+    other: torch.Tensor,
+    tolerance: float,
+) -> FileParity:
+    bound = tolerance * max(1.0, eager.abs().max().item())
+    diff = (eager - other).abs().max().item()
+    agreement = (eager.argmax(1) == other.argmax(1)).float().mean().item()
+    return FileParity(
+        file=name,
+        backend=backend,
+        precision=precision,
+        max_abs_diff=diff,
+        bound=bound,
+        top1_agreement=agreement,
+        passed=bool(np.isfinite(diff) and diff <= bound),
+    )
+
+
+def check_parity(
+    model: nn.Module,
+    export_dir: Path,
+    files: dict[str, str],
+    spec: PreprocessSpec,
+    images: list[Path],
+    tolerances: dict[str, float],
+) -> ParityReport:
+    """files: {"torchscript/fp32": "model.torchscript.pt", ...}; tolerances per precision."""
+    inputs = parity_inputs(spec, images)
+    eager = run_eager(model, inputs)
+    results = []
+    for key, filename in sorted(files.items()):
+        backend, precision = key.split("/")
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        runner = run_torchscript if backend == "torchscript" else run_onnx
+        outputs = runner(Path(export_dir) / filename, inputs, dtype)
+        results.append(compare(filename, backend, precision, eager, outputs, tolerances[precision]))
+    return ParityReport(
+        random_inputs=len(inputs) - len(images),
+        image_inputs=[p.name for p in images],
+        files=results,
+    )

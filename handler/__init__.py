@@ -1,0 +1,1 @@
+"""Our TorchServe image-classification handler: pure functions plus thin TorchServe glue."""

@@ -1,0 +1,67 @@
+"""Handler settings: the `handler:` section of the model-config YAML inside the .mar."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    backend: str = "torchscript"  # torchscript | onnx
+    precision: str = "fp32"  # fp32 | fp16 (fp16 is meant for GPU workers)
+    top_k: int = 3  # default k; a request may ask for another, capped at the class count
+    max_image_bytes: int = 12 * MiB  # after base64 decoding; the frontend caps the body too
+    max_image_pixels: int = 40_000_000  # width * height, checked from the header before decoding
+    # JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale while both sides stay at least
+    # this multiple of resize_size (2.0 keeps the mean error near 0.2 grey levels); 0 disables.
+    jpeg_draft_oversample: float = 2.0
+    alpha_background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels land on this
+    intra_op_threads: int = 0  # 0: cores / workers sharing the host (see resolved_threads)
+    decode_threads: int = 0  # 0: same as intra_op_threads; 1 decodes in the worker thread
+    warmup: bool = True
+    cuda_graphs: bool = False  # reserved for GPU experiments; off by default
+
+    @classmethod
+    def from_yaml(cls, section: dict[str, Any] | None) -> HandlerConfig:
+        """Build from the YAML mapping, rejecting unknown keys so typos are not silently ignored."""
+        section = dict(section or {})
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise ValueError(f"unknown handler settings: {unknown}; known: {sorted(known)}")
+        if "alpha_background" in section:
+            section["alpha_background"] = tuple(int(v) for v in section["alpha_background"])
+        config = cls(**section)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.backend not in ("torchscript", "onnx"):
+            raise ValueError(f"backend must be torchscript or onnx, got {self.backend!r}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
+            raise ValueError("image limits must be positive")
+        if self.jpeg_draft_oversample and self.jpeg_draft_oversample < 1:
+            raise ValueError("jpeg_draft_oversample must be 0 (off) or at least 1")
+        if len(self.alpha_background) != 3:
+            raise ValueError("alpha_background needs three 0-255 values")
+
+    def resolved_threads(self, workers_on_host: int) -> int:
+        """Threads per worker: explicit, or the cores split between the host's workers."""
+        if self.intra_op_threads > 0:
+            return self.intra_op_threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // max(1, workers_on_host))
+
+    def draft_min_size(self, resize_size: int) -> int | None:
+        if not self.jpeg_draft_oversample:
+            return None
+        return round(resize_size * self.jpeg_draft_oversample)

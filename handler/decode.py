@@ -1,0 +1,135 @@
+"""Bytes -> validated RGB PIL image, or a RequestError saying what was wrong.
+
+Order matters for safety: identify the format from its signature, open only that decoder, check
+the pixel count from the header, and only then decode the pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from handler.errors import CorruptImage, NotAnImage, TooManyPixels, UnsupportedFormat
+
+# Formats users upload game art in. Pillow can parse many more (EPS, PSD, TIFF, ...); each extra
+# parser is attack surface, so everything else is refused before its decoder runs.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+_FORMAT_ALIASES = {"MPO": "JPEG", "DIB": "BMP"}  # camera multi-picture JPEG, headerless BMP
+_SIGNATURE_BYTES = 16  # Pillow's own accept() checks read this many leading bytes
+
+Image.init()  # register all plugins once, so signature checks see every format
+# decode_image checks every image against the caller's limit from its header, before loading;
+# Pillow's own global limit would silently override per-model settings.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format the leading bytes announce, asked of Pillow's signature checks (no decoding)."""
+    prefix = data[:_SIGNATURE_BYTES]
+    for format_id in Image.ID:
+        accept = Image.OPEN[format_id][1]
+        try:
+            if accept is not None and accept(prefix):
+                return _FORMAT_ALIASES.get(format_id, format_id)
+        except Exception:  # a plugin's check choking on odd bytes is a "no", not a crash
+            continue
+    return None
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft_min_size: int | None = None,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Decode an uploaded image to RGB with orientation applied.
+
+    draft_min_size: for JPEG, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as both
+    sides stay >= this many pixels; the resize that follows shrinks further anyway.
+    """
+    image_format = sniff_format(data)
+    if image_format is None:
+        raise NotAnImage(
+            "the data is not a recognised image; send JPEG, PNG, WebP, BMP or GIF bytes"
+        )
+    if image_format not in ALLOWED_FORMATS:
+        raise UnsupportedFormat(
+            f"{image_format} images are not accepted; send JPEG, PNG, WebP, BMP or GIF"
+        )
+    image = _open(data, image_format)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise CorruptImage(f"the {image_format} header gives an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise TooManyPixels(
+            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, "
+            f"over the {max_pixels / 1e6:.1f} MP limit"
+        )
+    if draft_min_size and image_format == "JPEG":
+        image.draft("RGB", (draft_min_size, draft_min_size))
+    _load_pixels(image, image_format)
+    return to_rgb(_apply_orientation(image), background)
+
+
+def _open(data: bytes, image_format: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=[image_format])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(f"image has too many pixels: {exc}") from exc
+    except Exception as exc:  # any parser failure on client bytes is the client's bad input
+        raise CorruptImage(f"could not read the {image_format} header: {_short(exc)}") from exc
+
+
+def _load_pixels(image: Image.Image, image_format: str) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(f"image has too many pixels: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise CorruptImage(
+            f"the {image_format} data is truncated or corrupt: {_short(exc)}"
+        ) from exc
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    """Rotate/flip per the EXIF Orientation tag, as a photo viewer would."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block should not cost the prediction
+        return image
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB that looks like the image does on screen."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit greyscale: scale 0..65535 to 0..255; convert("L") would clip to white.
+        values = np.asarray(image, dtype=np.uint32).clip(0, 65535)
+        grey = ((values + 128) // 257).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode == "F":
+        grey = (np.asarray(image, dtype=np.float32).clip(0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK (Adobe inversion handled by Pillow), YCbCr
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

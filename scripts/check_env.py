@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Check what `make install` cannot pip-install: a Python 3.10+ and Java 17+ for TorchServe.
+
+Standard library only: it runs before the virtual environment exists.
+  python3 scripts/check_env.py            # check, explain what is missing, exit 1 if anything is
+  python3 scripts/check_env.py --install  # also apt-get install Java when missing (root only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+MIN_PYTHON = (3, 10)
+MIN_JAVA = 17
+JAVA_PACKAGE = "openjdk-17-jre-headless"
+
+
+class EnvironmentProblem(RuntimeError):
+    pass
+
+
+def java_path() -> str | None:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    return shutil.which("java")
+
+
+def java_major(java: str) -> int:
+    output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', output)
+    if not match:
+        return 0
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major  # "1.8.0" means 8
+
+
+def find_java() -> str:
+    """Path of a java that TorchServe 0.12 can run on, or an EnvironmentProblem saying why not."""
+    java = java_path()
+    if not java:
+        raise EnvironmentProblem(
+            f"TorchServe needs Java {MIN_JAVA}+ and none was found on PATH or in JAVA_HOME. "
+            f"Install it (Debian/Ubuntu: sudo apt-get install {JAVA_PACKAGE}) or set JAVA_HOME."
+        )
+    major = java_major(java)
+    if major < MIN_JAVA:
+        raise EnvironmentProblem(
+            f"TorchServe needs Java {MIN_JAVA}+, but {java} is Java {major or '(unknown)'}. "
+            f"Install {JAVA_PACKAGE} or point JAVA_HOME at a newer JDK."
+        )
+    return java
+
+
+def install_java() -> None:
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise EnvironmentProblem(
+            f"cannot install Java here (needs root and apt-get); install {JAVA_PACKAGE} yourself"
+        )
+    print(f"installing {JAVA_PACKAGE} with apt-get ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", JAVA_PACKAGE],
+        check=True,
+        env=env,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--install", action="store_true", help="apt-get install Java if missing")
+    args = parser.parse_args(argv)
+    if sys.version_info < MIN_PYTHON:
+        print(
+            f"error: Python {'.'.join(map(str, MIN_PYTHON))}+ needed, this is "
+            f"{sys.version.split()[0]}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        try:
+            java = find_java()
+        except EnvironmentProblem:
+            if not args.install:
+                raise
+            install_java()
+            java = find_java()
+    except (EnvironmentProblem, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: Python {sys.version.split()[0]}, Java {java_major(java)} at {java}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

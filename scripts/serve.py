@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Start, stop and inspect TorchServe with the project's config.properties.
+
+  python scripts/serve.py start            # serve every .mar in model_store/, wait until READY
+  python scripts/serve.py status           # models, workers, queue
+  python scripts/serve.py token inference  # print a token for curl
+  python scripts/serve.py stop
+
+Each instance lives in its own run directory (default .run/torchserve): the effective config,
+logs, TorchServe's key file and its temp files (pid file, worker sockets), so tests can run
+their own instance beside a demo server without clashing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from scripts.check_env import EnvironmentProblem, find_java
+from scripts.tsclient import (
+    DEFAULT_CONFIG,
+    DEFAULT_RUN_DIR,
+    KEY_FILE,
+    REPO_ROOT,
+    SERVER_FILE,
+    TorchServeClient,
+    TorchServeError,
+    read_properties,
+    read_tokens,
+)
+
+DEFAULT_MODEL_STORE = REPO_ROOT / "model_store"
+
+
+class ServeError(RuntimeError):
+    """Could not start or stop the server; the message says why and what to do."""
+
+
+# ---- environment checks --------------------------------------------------------------------
+def torchserve_command() -> str:
+    candidate = Path(sys.executable).parent / "torchserve"
+    found = str(candidate) if candidate.exists() else shutil.which("torchserve")
+    if not found:
+        raise ServeError("the torchserve command is missing: run `make install`")
+    return found
+
+
+# ---- config --------------------------------------------------------------------------------
+def effective_config(base: Path, overrides: dict[str, str]) -> str:
+    """The base config.properties text with keys replaced (or appended) by overrides."""
+    lines, seen = [], set()
+    for line in Path(base).read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith("#") and key in overrides:
+            line = f"{key}={overrides[key]}"
+            seen.add(key)
+        lines.append(line)
+    extra = [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    if extra:
+        lines += ["", "# overrides from scripts/serve.py", *extra]
+    return "\n".join(lines) + "\n"
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ServeError(f"--set takes key=value, got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+# ---- process state -------------------------------------------------------------------------
+def _server_env(run_dir: Path) -> dict[str, str]:
+    tmp = run_dir / "tmp"
+    return {
+        **os.environ,
+        "TMPDIR": str(tmp),  # TorchServe's pid file goes here
+        "TEMP": str(tmp),  # -> java.io.tmpdir: worker sockets and unpacked models
+        "LOG_LOCATION": str(run_dir / "logs"),
+        "METRICS_LOCATION": str(run_dir / "logs"),
+    }
+
+
+def recorded_pid(run_dir: Path) -> int | None:
+    path = run_dir / SERVER_FILE
+    if not path.is_file():
+        return None
+    pid = json.loads(path.read_text()).get("pid")
+    return pid if pid and psutil.pid_exists(pid) else None
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    if not path.is_file():
+        return f"(no {path.name})"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def model_load_failure(run_dir: Path, deaths: int = 2) -> str | None:
+    """The worker traceback when a model keeps failing to load, else None.
+
+    TorchServe retries a failing worker with back-off for up to maxRetryTimeoutInSec (default
+    300 s), saying little; two deaths with a Python traceback is enough to know.
+    """
+    ts_log = run_dir / "logs" / "ts_log.log"
+    model_log = run_dir / "logs" / "model_log.log"
+    if not ts_log.is_file() or not model_log.is_file():
+        return None
+    if ts_log.read_text(errors="replace").count("Backend worker process died") < deaths:
+        return None
+    text = model_log.read_text(errors="replace")
+    start = text.rfind("Traceback (most recent call last)")
+    if start < 0:
+        return None
+    lines = text[start:].splitlines()
+    # keep the MODEL_LOG payload of each line, drop the logger prefix
+    return "\n".join(line.split("MODEL_LOG - ", 1)[-1] for line in lines[:40])
+
+
+# ---- commands ------------------------------------------------------------------------------
+def start(args: argparse.Namespace) -> int:
+    find_java()
+    run_dir: Path = args.run_dir.resolve()
+    if (pid := recorded_pid(run_dir)) is not None:
+        raise ServeError(
+            f"a server from {run_dir} is already running (pid {pid}); "
+            "run `python scripts/serve.py stop` first"
+        )
+    model_store = args.model_store.resolve()
+    mars = sorted(model_store.glob("*.mar"))
+    if not mars:
+        raise ServeError(
+            f"no .mar files in {model_store}: build one with scripts/build_mar.py "
+            "(or run `make demo`)"
+        )
+    for sub in ("tmp", "logs"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+        (run_dir / sub).mkdir(parents=True)
+    (run_dir / KEY_FILE).unlink(missing_ok=True)
+
+    overrides = {"model_store": str(model_store), **parse_overrides(args.set)}
+    config_path = run_dir / "config.properties"
+    config_path.write_text(effective_config(args.config, overrides))
+    load_models = read_properties(config_path).get("load_models", "all")
+    expected = len(mars) if load_models.strip() == "all" else len(load_models.split(","))
+
+    command = [
+        torchserve_command(),
+        "--start",
+        "--ncs",
+        "--ts-config",
+        str(config_path),
+        "--model-store",
+        str(model_store),
+    ]
+    with open(run_dir / "logs" / "launcher.log", "w") as launcher_log:
+        subprocess.run(
+            command,
+            cwd=run_dir,
+            env=_server_env(run_dir),
+            stdout=launcher_log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+    pid = _wait_for_pid_file(run_dir)
+    (run_dir / SERVER_FILE).write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "config": str(config_path),
+                "model_store": str(model_store),
+                "started": time.time(),
+            },
+            indent=2,
+        )
+    )
+    print(
+        f"TorchServe pid {pid}, run dir {run_dir}; waiting for workers "
+        f"(up to {args.timeout:.0f}s) ...",
+        flush=True,
+    )
+
+    def alive() -> None:
+        if not psutil.pid_exists(pid):
+            raise ServeError(
+                "TorchServe exited during start-up:\n" + _log_tail(run_dir / "logs" / "ts_log.log")
+            )
+        if failure := model_load_failure(run_dir):
+            stop_server(run_dir)
+            raise ServeError(f"a model failed to load; stopped the server. Worker said:\n{failure}")
+
+    client = TorchServeClient.from_run_dir(run_dir)
+    try:
+        state = client.wait_until_ready(expected, args.timeout, alive=alive)
+    except TorchServeError as exc:
+        stop_server(run_dir)
+        raise ServeError(
+            f"{exc}; stopped the server. Log tail:\n" + _log_tail(run_dir / "logs" / "ts_log.log")
+        ) from exc
+    print_ready(client, state, run_dir)
+    if args.foreground:
+        return _stay_in_foreground(run_dir, pid)
+    return 0
+
+
+def _wait_for_pid_file(run_dir: Path, timeout: float = 20.0) -> int:
+    pid_file = run_dir / "tmp" / ".model_server.pid"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid_file.is_file() and pid_file.read_text().strip():
+            return int(pid_file.read_text().strip())
+        time.sleep(0.1)
+    raise ServeError("TorchServe did not start:\n" + _log_tail(run_dir / "logs" / "launcher.log"))
+
+
+def _stay_in_foreground(run_dir: Path, pid: int) -> int:
+    """Block while the server runs (container entry point); SIGTERM/SIGINT stop it cleanly."""
+
+    def on_signal(signum, frame):
+        stop_server(run_dir)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while psutil.pid_exists(pid):
+        time.sleep(1)
+    print("TorchServe exited:\n" + _log_tail(run_dir / "logs" / "ts_log.log"), file=sys.stderr)
+    return 1
+
+
+def print_ready(client: TorchServeClient, state: dict[str, int], run_dir: Path) -> None:
+    print("ready:")
+    for name, ready in state.items():
+        print(f"  {name}: {ready} worker(s) READY")
+    print(f"inference  {client.endpoints.inference}")
+    print(f"management {client.endpoints.management}")
+    print(f"metrics    {client.endpoints.metrics}/metrics")
+    if read_tokens(run_dir):
+        print(f"tokens     {run_dir / KEY_FILE}  (python scripts/serve.py token inference)")
+
+
+def stop_server(run_dir: Path, timeout: float = 60.0) -> bool:
+    """Stop the instance recorded in run_dir and its workers. True if one was running."""
+    pid = recorded_pid(run_dir)
+    if pid is None:
+        return False
+    try:
+        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    subprocess.run(
+        [torchserve_command(), "--stop"],
+        cwd=run_dir,
+        env=_server_env(run_dir),
+        capture_output=True,
+        check=False,
+    )
+    _gone, alive = psutil.wait_procs(family, timeout=timeout)
+    for proc in alive:  # did not stop in time: no lingering workers
+        proc.kill()
+    psutil.wait_procs(alive, timeout=10)
+    (run_dir / SERVER_FILE).unlink(missing_ok=True)
+    (run_dir / KEY_FILE).unlink(missing_ok=True)
+    return True
+
+
+def stop(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir.resolve()
+    print("stopped" if stop_server(run_dir) else f"no server running from {run_dir}")
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    run_dir = args.run_dir.resolve()
+    if recorded_pid(run_dir) is None:
+        print(f"no server running from {run_dir}")
+        return 1
+    client = TorchServeClient.from_run_dir(run_dir)
+    for name in client.models():
+        info = client.describe(name)
+        queue = info.get("jobQueueStatus", {})
+        print(
+            f"{name} v{info.get('modelVersion')}: batch {info.get('batchSize')}, "
+            f"delay {info.get('maxBatchDelay')} ms, workers {info.get('minWorkers')}-"
+            f"{info.get('maxWorkers')}, queue {queue.get('pendingRequests', '?')} pending"
+        )
+        for worker in info.get("workers", []):
+            print(
+                f"  worker {worker['id']} pid {worker.get('pid')} {worker['status']} "
+                f"gpu={worker.get('gpu')} mem={worker.get('memoryUsage', 0) / 2**20:.0f} MiB"
+            )
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    tokens = read_tokens(args.run_dir.resolve())
+    if args.kind not in tokens:
+        print(
+            f"no {args.kind} token in {args.run_dir / KEY_FILE} (is the server running, "
+            "with token authorisation on?)",
+            file=sys.stderr,
+        )
+        return 1
+    print(tokens[args.kind])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN_DIR,
+        help="where this instance keeps config, logs, keys (default: %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    start_cmd = commands.add_parser("start", help="start and wait until workers are READY")
+    start_cmd.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    start_cmd.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE)
+    start_cmd.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config.properties key (repeatable)",
+    )
+    start_cmd.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for READY workers"
+    )
+    start_cmd.add_argument(
+        "--foreground", action="store_true", help="stay attached; stop the server on SIGTERM/SIGINT"
+    )
+    start_cmd.set_defaults(func=start)
+    commands.add_parser("stop", help="stop the server and its workers").set_defaults(func=stop)
+    commands.add_parser("status", help="models, workers, queues").set_defaults(func=status)
+    token_cmd = commands.add_parser("token", help="print an API token from the key file")
+    token_cmd.add_argument("kind", choices=["inference", "management", "API"])
+    token_cmd.set_defaults(func=token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ServeError, TorchServeError, EnvironmentProblem) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

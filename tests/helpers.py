@@ -1,0 +1,149 @@
+"""Builders for the models and images the tests need, shaped like what users bring."""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARITY_IMAGES = REPO_ROOT / "export" / "parity_images"
+COVER_CLASSES = ["fighting", "indie", "platform", "puzzle", "sport"]
+SCREEN_CLASSES = [
+    "dark souls 2",
+    "elden ring",
+    "hollow knight",
+    "minecraft",
+    "portal 2",
+    "stardew valley",
+    "terraria",
+]
+
+
+def real_images() -> list[Path]:
+    return sorted(p for p in PARITY_IMAGES.iterdir() if p.suffix in (".jpg", ".png"))
+
+
+# ---- models shaped like the two user projects ----------------------------------------------
+def cover_resnet50(seed: int = 0) -> nn.Module:
+    """Cover -> genre: ResNet-50 with fc = Sequential(Dropout(0.5), Linear(2048, 5))."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = nn.Sequential(nn.Dropout(0.5), nn.Linear(2048, len(COVER_CLASSES)))
+    return model.eval()
+
+
+def cover_efficientnet_v2_s(seed: int = 0) -> nn.Module:
+    """The EfficientNetV2-S variant: classifier = Sequential(Dropout(0.4), Linear(1280, 5))."""
+    torch.manual_seed(seed)
+    model = torchvision.models.efficientnet_v2_s(weights=None)
+    model.classifier = nn.Sequential(nn.Dropout(0.4), nn.Linear(1280, len(COVER_CLASSES)))
+    return model.eval()
+
+
+class ScreenshotClassifier(nn.Module):
+    """Screenshot -> game: ResNet-50 wrapped as self.model with a plain Linear(2048, 7) head,
+    so its state_dict keys carry a "model." prefix."""
+
+    def __init__(self, num_classes: int = len(SCREEN_CLASSES)):
+        super().__init__()
+        self.model = torchvision.models.resnet50(weights=None)
+        self.model.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def screenshot_resnet50(seed: int = 1) -> ScreenshotClassifier:
+    torch.manual_seed(seed)
+    return ScreenshotClassifier().eval()
+
+
+SMALL_ARCH = "resnet18"
+
+
+def small_model(num_classes: int = 4, seed: int = 0) -> nn.Module:
+    """A quicker torchvision model for tests that need many exports. (Randomly initialised
+    MobileNets answer ~1e-9 for everything, useless for telling models apart; ResNets don't.)"""
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes).eval()
+
+
+def eager_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(batch)
+
+
+# ---- images --------------------------------------------------------------------------------
+def encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def gradient_rgb(width: int = 320, height: int = 240) -> Image.Image:
+    """A smooth, asymmetric test card: red grows left->right, green top->bottom."""
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None].repeat(width, 1)
+    pixels = np.stack([x, y, np.full_like(x, 64)], axis=-1).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (bound then released; fine for tests)."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [s.getsockname()[1] for s in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+class FakeContext:
+    """The parts of ts.context.Context the handler touches, recording per-request statuses."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        serialized_file: str,
+        yaml_config: dict | None = None,
+        gpu_id: int | None = None,
+        batch_size: int = 4,
+    ):
+        self.system_properties = {
+            "model_dir": str(model_dir),
+            "gpu_id": gpu_id,
+            "batch_size": batch_size,
+        }
+        self.manifest = {"model": {"serializedFile": serialized_file}}
+        self.model_yaml_config = yaml_config or {}
+        self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+    def status_of(self, idx: int) -> int:
+        return self.statuses.get(idx, (200, ""))[0]
+
+
+def statuses(context: FakeContext, count: int) -> list[int]:
+    return [context.status_of(i) for i in range(count)]
+
+
+def requests_for(images: Iterable[bytes]) -> list[dict[str, Any]]:
+    return [{"body": bytearray(data)} for data in images]
