@@ -36,6 +36,13 @@ def select_device(gpu_id: int | str | None) -> torch.device:
     return torch.device("cpu")
 
 
+def onnx_providers(device: torch.device) -> list:
+    """ORT providers for a worker: CUDA pinned to its GPU id (CPU as fallback), or CPU only."""
+    if device.type == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class TorchScriptBackend:
     name = "torchscript"
 
@@ -61,11 +68,7 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers: list = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            # Pin the CUDA provider to this worker's GPU; CPU stays as the fallback.
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
         if device.type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             log.warning("ONNX Runtime could not use CUDA; this worker runs ONNX on the CPU")
             device = torch.device("cpu")

@@ -1,0 +1,181 @@
+"""The handler's batch path without a server: per-item errors, backends, precisions, failures."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from handler.backends import OnnxBackend, onnx_providers, select_device
+from handler.service import ImageClassifierService
+from modelspec.reference import reference_tensor
+from tests.helpers import (
+    FakeContext,
+    eager_logits,
+    encode,
+    gradient_rgb,
+    real_images,
+    requests_for,
+    statuses,
+)
+
+GOOD = [p.read_bytes() for p in real_images()[:3]]
+NOT_AN_IMAGE = b"definitely not an image"
+TRUNCATED = GOOD[0][: len(GOOD[0]) // 3]
+
+
+def start_service(exported, backend="torchscript", precision="fp32", **handler_settings):
+    meta = exported.meta
+    context = FakeContext(
+        exported.out_dir,
+        meta.model_file(backend, precision),
+        {"maxWorkers": 1, "handler": {"backend": backend, "precision": precision,
+                                      **handler_settings}},
+    )  # fmt: off
+    service = ImageClassifierService()
+    service.initialize(context)
+    return service, context
+
+
+def eager_top1(exported, data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as image:
+        x = reference_tensor(image.convert("RGB"), exported.meta.preprocess).unsqueeze(0)
+    return exported.meta.class_names[int(eager_logits(exported.model, x).argmax())]
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+def test_bad_items_fail_alone(exported_small, backend):
+    service, context = start_service(exported_small, backend)
+    batch = [GOOD[0], NOT_AN_IMAGE, GOOD[1], TRUNCATED, b"", GOOD[2]]
+    answers = [json.loads(a) for a in service.handle(requests_for(batch), context)]
+    assert statuses(context, len(batch)) == [200, 400, 200, 400, 400, 200]
+    assert answers[1]["type"] == "NotAnImage" and answers[1]["code"] == 400
+    assert answers[3]["type"] == "CorruptImage"
+    assert answers[4]["type"] == "EmptyInput"
+    for i, data in ((0, GOOD[0]), (2, GOOD[1]), (5, GOOD[2])):
+        assert answers[i]["label"] == eager_top1(exported_small, data)
+        assert len(answers[i]["top_k"]) == 3
+    assert set(context.content_types.values()) == {"application/json"}
+
+
+def test_backends_and_precisions_agree(exported_small):
+    """fp32 TorchScript, fp32 ONNX and both fp16 files give the same top-1 on real images."""
+    images = [p.read_bytes() for p in real_images()]
+    labels = {}
+    for backend in ("torchscript", "onnx"):
+        for precision in ("fp32", "fp16"):
+            service, context = start_service(exported_small, backend, precision)
+            answers = [json.loads(a) for a in service.handle(requests_for(images), context)]
+            labels[backend, precision] = [a["label"] for a in answers]
+            assert service.backend.input_dtype == (
+                torch.float16 if precision == "fp16" else torch.float32
+            )
+    reference = [eager_top1(exported_small, data) for data in images]
+    for key, got in labels.items():
+        assert got == reference, key
+
+
+def test_per_request_top_k_and_limits(exported_small):
+    service, context = start_service(exported_small, max_image_bytes=400_000, top_k=2)
+    big = encode(gradient_rgb(2000, 2000), "BMP")  # 12 MB of raw pixels
+    requests = [
+        {"data": bytearray(GOOD[0]), "top_k": b"1"},
+        {"body": bytearray(GOOD[0])},
+        {"data": bytearray(GOOD[0]), "top_k": b"99"},
+        {"body": bytearray(big)},
+    ]
+    answers = [json.loads(a) for a in service.handle(requests, context)]
+    assert [len(a.get("top_k", [])) for a in answers] == [1, 2, 4, 0]
+    assert statuses(context, 4) == [200, 200, 200, 413]
+
+
+def test_pixel_limit_from_the_model_config(exported_small):
+    service, context = start_service(exported_small, max_image_pixels=100_000)
+    small = encode(gradient_rgb(300, 300), "PNG")
+    large = encode(gradient_rgb(400, 400), "PNG")
+    service.handle(requests_for([small, large]), context)
+    assert statuses(context, 2) == [200, 413]
+
+
+def test_model_failure_is_a_server_error_for_good_items_only(exported_small, monkeypatch):
+    service, context = start_service(exported_small)
+
+    def broken(batch):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(service, "backend", broken)
+    answers = [json.loads(a) for a in service.handle(requests_for([GOOD[0], b"junk"]), context)]
+    assert statuses(context, 2) == [503, 400]
+    assert answers[0]["type"] == "InferenceFailed"
+
+
+def test_out_of_memory_maps_to_507(exported_small, monkeypatch):
+    service, context = start_service(exported_small)
+
+    def oom(batch):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(service, "backend", oom)
+    service.handle(requests_for([GOOD[0]]), context)
+    assert statuses(context, 1) == [507]
+
+
+def test_unknown_handler_setting_fails_at_load(exported_small):
+    with pytest.raises(ValueError, match="unknown handler settings"):
+        start_service(exported_small, topk=3)
+
+
+def test_handler_entry_point_initialises_once(exported_small):
+    from handler import game_image_handler
+
+    context = FakeContext(exported_small.out_dir, "model.torchscript.pt", {})
+    assert game_image_handler.handle(None, context) is None
+    answers = game_image_handler.handle(requests_for([GOOD[0]]), context)
+    assert json.loads(answers[0])["label"] in exported_small.meta.class_names
+
+
+def test_onnx_provider_pinned_to_the_workers_gpu():
+    assert onnx_providers(torch.device("cuda", 3)) == [
+        ("CUDAExecutionProvider", {"device_id": 3}),
+        "CPUExecutionProvider",
+    ]
+    assert onnx_providers(torch.device("cpu")) == ["CPUExecutionProvider"]
+
+
+def test_device_selection_without_gpu_id_is_cpu():
+    assert select_device(None) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert select_device(0) == torch.device("cpu")  # GPU id given, no CUDA: CPU
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: no fallback to test")
+def test_onnx_falls_back_to_cpu_when_cuda_cannot_start(exported_small):
+    backend = OnnxBackend(exported_small.out_dir / "model.onnx", torch.device("cuda", 0), "fp32", 1)
+    assert backend.device == torch.device("cpu")
+    out = backend(torch.zeros(2, 3, 224, 224))
+    assert out.shape == (2, 4) and out.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none present")
+@pytest.mark.parametrize("backend", ["torchscript", "onnx"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_worker_matches_cpu(exported_small, backend, precision):
+    images = [p.read_bytes() for p in real_images()]
+    cpu_service, cpu_context = start_service(exported_small, backend, "fp32")
+    expected = [json.loads(a)["label"] for a in cpu_service.handle(requests_for(images),
+                                                                    cpu_context)]  # fmt: off
+    context = FakeContext(
+        exported_small.out_dir,
+        exported_small.meta.model_file(backend, precision),
+        {"handler": {"backend": backend, "precision": precision}},
+        gpu_id=0,
+    )
+    service = ImageClassifierService()
+    service.initialize(context)
+    assert service.backend.device.type == "cuda"
+    got = [json.loads(a)["label"] for a in service.handle(requests_for(images), context)]
+    assert got == expected
