@@ -11,6 +11,7 @@ settings plus our handler's own `handler:` section.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -103,7 +104,11 @@ def build(args: argparse.Namespace) -> Path:
             args.archive_format,
             "--force",
         ]
-        result = subprocess.run(command, capture_output=True, text=True)
+        # The archiver stages files in $TMPDIR/<model name> and deletes that folder first:
+        # point it at our private temp dir so it can never remove a user's folder in /tmp.
+        env = {**os.environ, "TMPDIR": str(staging / "archiver-tmp")}
+        (staging / "archiver-tmp").mkdir()
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise BuildError(f"torch-model-archiver failed:\n{result.stderr or result.stdout}")
         config_text = config_path.read_text()
