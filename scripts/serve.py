@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -118,13 +119,17 @@ def model_load_failure(run_dir: Path, deaths: int = 2) -> str | None:
         return None
     if ts_log.read_text(errors="replace").count("Backend worker process died") < deaths:
         return None
-    text = model_log.read_text(errors="replace")
-    start = text.rfind("Traceback (most recent call last)")
-    if start < 0:
-        return None
-    lines = text[start:].splitlines()
-    # keep the MODEL_LOG payload of each line, drop the logger prefix
-    return "\n".join(line.split("MODEL_LOG - ", 1)[-1] for line in lines[:40])
+    lines = [line.split("MODEL_LOG - ", 1)[-1] for line in model_log.read_text(errors="replace")
+             .splitlines() if "MODEL_LOG - " in line]  # fmt: skip
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    # The worker re-raises load errors as "RuntimeError: 500 - ...": prefer the original one.
+    for start in reversed(starts):
+        block = lines[start : start + 60]
+        end = next((i for i, line in enumerate(block[1:], 1) if not line.startswith(" ")), 0)
+        block = block[: end + 1]
+        if not re.match(r"RuntimeError: \d{3} - ", block[-1]):
+            return "\n".join(block)
+    return "\n".join(lines[starts[-1] : starts[-1] + 40]) if starts else None
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -197,7 +202,10 @@ def start(args: argparse.Namespace) -> int:
             )
         if failure := model_load_failure(run_dir):
             stop_server(run_dir)
-            raise ServeError(f"a model failed to load; stopped the server. Worker said:\n{failure}")
+            cause = failure.strip().splitlines()[-1]
+            raise ServeError(
+                f"a model failed to load ({cause}); stopped the server. Worker said:\n{failure}"
+            )
 
     client = TorchServeClient.from_run_dir(run_dir)
     try:

@@ -1,0 +1,198 @@
+"""A real TorchServe serving both user checkpoint formats: export -> .mar -> HTTP answers.
+
+One server for the module, two ResNet-50 models: the cover model (whole pickled module, served
+with TorchScript) and the screenshot model (state dict with "model." keys, served with ONNX
+Runtime). batchSize 4 with a 1.5 s window: requests sent four at a time fill a batch at once,
+and a batch that filled proves the four travelled together.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import requests
+from PIL import Image
+
+from modelspec.reference import reference_tensor
+from tests import torchserve
+from tests.helpers import eager_logits, encode, gradient_rgb, real_images
+
+pytestmark = pytest.mark.integration
+BATCH = 4
+WINDOW_MS = 1500
+IMAGES = real_images()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, exported_cover, exported_screens):
+    root = tmp_path_factory.mktemp("torchserve")
+    store = root / "model_store"
+    settings = ["--batch-size", str(BATCH), "--max-batch-delay", str(WINDOW_MS)]
+    torchserve.archive(exported_cover.out_dir, store, "cover_genre", "torchscript", *settings)
+    torchserve.archive(exported_screens.out_dir, store, "screen_game", "onnx", *settings)
+    running = torchserve.start(root / "run", store)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def exported(exported_cover, exported_screens):
+    return {"cover_genre": exported_cover, "screen_game": exported_screens}
+
+
+def post_all(client, model: str, payloads: list[dict]) -> list[requests.Response]:
+    """Send all requests at once, each from its own thread."""
+
+    def send(kwargs):
+        return client.request("inference", "POST", f"/predictions/{model}", **kwargs)
+
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        return list(pool.map(send, payloads))
+
+
+def raw(data: bytes) -> dict:
+    return {"data": data, "headers": {"Content-Type": "application/octet-stream"}}
+
+
+def eager_top1(export, path) -> str:
+    with Image.open(path) as image:
+        x = reference_tensor(image.convert("RGB"), export.meta.preprocess).unsqueeze(0)
+    return export.meta.class_names[int(eager_logits(export.model, x).argmax())]
+
+
+@pytest.mark.parametrize("model", ["cover_genre", "screen_game"])
+def test_answers_equal_the_eager_models_top1_on_real_images(server, exported, model):
+    export = exported[model]
+    responses = post_all(server.client, model, [raw(p.read_bytes()) for p in IMAGES])
+    for path, response in zip(IMAGES, responses, strict=True):
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["label"] == eager_top1(export, path), path.name
+        assert answer["confidence"] == answer["top_k"][0]["probability"]
+        assert len(answer["top_k"]) == 3
+        assert response.headers["Content-Type"].startswith("application/json")
+
+
+def test_one_bad_image_costs_only_its_own_request(server):
+    good = [p.read_bytes() for p in IMAGES[:3]]
+    batch = [good[0], b"this is not an image", good[1], good[2]]
+    started = time.monotonic()
+    responses = post_all(server.client, "screen_game", [raw(d) for d in batch])
+    elapsed = time.monotonic() - started
+    assert [r.status_code for r in responses] == [200, 400, 200, 200]
+    assert responses[1].json() == {
+        "code": 400,
+        "type": "NotAnImage",
+        "message": "the data is not a recognised image; send JPEG, PNG, WebP, BMP or GIF bytes",
+    }
+    # A full batch leaves at once; a split one would have waited out the 1.5 s window.
+    assert elapsed < WINDOW_MS / 1000
+    assert "batch size=4 ok=3 rejected=1" in server.model_log()
+
+
+def test_every_kind_of_bad_input_in_one_batch(server):
+    bomb = encode(Image.new("L", (8000, 8000)), "PNG", optimize=True)  # 64 MP > 40 MP limit
+    good = IMAGES[0].read_bytes()
+    batch = [b"", encode(gradient_rgb(40, 40), "TIFF"), bomb, good[: len(good) // 2]]
+    responses = post_all(server.client, "cover_genre", [raw(d) for d in batch])
+    assert [r.status_code for r in responses] == [400, 415, 413, 400]
+    assert [r.json()["type"] for r in responses] == [
+        "EmptyInput",
+        "UnsupportedImageFormat",
+        "TooManyPixels",
+        "CorruptImage",
+    ]
+
+
+def test_request_styles_raw_multipart_json(server, exported):
+    path = IMAGES[1]
+    data = path.read_bytes()
+    expected = eager_top1(exported["cover_genre"], path)
+    b64 = base64.b64encode(data).decode()
+    payloads = [
+        raw(data),
+        {"files": {"data": (path.name, data, "image/png")}, "data": {"top_k": "5"}},
+        {"json": {"image": b64, "top_k": 2}},
+        {"data": f"data:image/png;base64,{b64}", "headers": {"Content-Type": "text/plain"}},
+    ]
+    responses = post_all(server.client, "cover_genre", payloads)
+    assert [r.status_code for r in responses] == [200] * 4
+    assert {r.json()["label"] for r in responses} == {expected}
+    assert [len(r.json()["top_k"]) for r in responses] == [3, 5, 2, 3]
+
+
+def test_frontend_refuses_oversized_bodies(server):
+    too_big = b"\xff\xd8\xff" + b"\0" * (16 * 1024 * 1024 + 10)
+    response = server.client.predict("cover_genre", too_big)
+    assert response.status_code == 413
+
+
+def test_token_authorisation_is_enforced(server):
+    endpoints = server.client.endpoints
+    no_token = requests.post(f"{endpoints.inference}/predictions/cover_genre",
+                             data=IMAGES[0].read_bytes(), timeout=10)  # fmt: skip
+    assert no_token.status_code in (400, 401)
+    assert "Token Authorization failed" in no_token.text
+    management = requests.get(f"{endpoints.management}/models", timeout=10)
+    assert management.status_code in (400, 401)
+    inference_key = server.client.headers("inference")
+    wrong_key = requests.get(f"{endpoints.management}/models", headers=inference_key, timeout=10)
+    assert wrong_key.status_code in (400, 401)
+
+
+def test_model_registration_api_is_off(server):
+    response = server.client.request(
+        "management", "POST", "/models", params={"url": "https://example.com/evil.mar"}
+    )
+    assert response.status_code == 405  # registration is switched off, not merely failing
+    unregister = server.client.request("management", "DELETE", "/models/cover_genre")
+    assert unregister.status_code == 405
+    assert sorted(server.client.models()) == ["cover_genre", "screen_game"]
+
+
+def test_scaling_workers_through_the_management_api(server):
+    client = server.client
+    response = client.scale("screen_game", min_worker=2, max_worker=2)
+    assert response.status_code == 200, response.text
+    workers = client.describe("screen_game")["workers"]
+    assert len(workers) == 2 and {w["status"] for w in workers} == {"READY"}
+    answers = post_all(client, "screen_game", [raw(p.read_bytes()) for p in IMAGES[:4]])
+    assert [r.status_code for r in answers] == [200] * 4
+    response = client.scale("screen_game", min_worker=1, max_worker=1)
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 30
+    while len(client.describe("screen_game")["workers"]) != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(client.describe("screen_game")["workers"]) == 1
+
+
+def test_prometheus_metrics_count_the_requests(server):
+    text = server.client.metrics_text()
+    served = torchserve.prometheus_value(
+        text, "ts_inference_requests_total", model_name="cover_genre"
+    )
+    assert served >= len(IMAGES) + 8  # at least the requests the tests above sent
+    assert torchserve.prometheus_value(text, "ts_queue_latency_microseconds") > 0
+    assert "Requests4XX" in text and "Requests2XX" in text
+
+
+def test_workers_never_died(server):
+    assert "Backend worker process died" not in server.ts_log()
+    assert all(psutil.pid_exists(pid) for pid in server.worker_pids())
+
+
+def test_clean_shutdown(server):
+    pids = [server.java_pid, *server.worker_pids()]
+    ports = [int(url.rsplit(":", 1)[1]) for url in vars(server.client.endpoints).values()]
+    assert server.stop() is True
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    for port in ports:
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+    assert not (server.run_dir / "key_file.json").exists()
+    assert server.stop() is False  # idempotent

@@ -1,0 +1,79 @@
+"""Start a real TorchServe (Java frontend + Python workers) for a test, on free loopback ports."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from scripts import build_mar, serve
+from scripts.tsclient import TorchServeClient
+from tests.helpers import free_ports
+
+
+@dataclass
+class RunningServer:
+    run_dir: Path
+    model_store: Path
+    client: TorchServeClient
+    java_pid: int
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def model_log(self) -> str:
+        return (self.log_dir / "model_log.log").read_text(errors="replace")
+
+    def ts_log(self) -> str:
+        return (self.log_dir / "ts_log.log").read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        return [c.pid for c in psutil.Process(self.java_pid).children(recursive=True)]
+
+    def stop(self) -> bool:
+        return serve.stop_server(self.run_dir)
+
+
+def archive(export_dir: Path, store: Path, name: str, backend: str, *extra: str) -> Path:
+    code = build_mar.main(["--export-dir", str(export_dir), "--model-store", str(store),
+                           "--name", name, "--backend", backend, *extra])  # fmt: skip
+    assert code == 0, f"build_mar failed for {name}"
+    return store / f"{name}.mar"
+
+
+def start(run_dir: Path, store: Path, *settings: str, timeout: float = 300) -> RunningServer:
+    """serve.py start with every listener on its own free port; raises if it does not come up."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    overrides = [
+        f"inference_address=http://127.0.0.1:{inference}",
+        f"management_address=http://127.0.0.1:{management}",
+        f"metrics_address=http://127.0.0.1:{metrics}",
+        f"grpc_inference_port={grpc_inference}",
+        f"grpc_management_port={grpc_management}",
+        *settings,
+    ]
+    argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store),
+            "--timeout", str(timeout)]  # fmt: skip
+    for override in overrides:
+        argv += ["--set", override]
+    code = serve.main(argv)
+    assert code == 0, "TorchServe did not start; see " + str(run_dir / "logs")
+    pid = serve.recorded_pid(run_dir)
+    assert pid is not None
+    return RunningServer(run_dir, store, TorchServeClient.from_run_dir(run_dir), pid)
+
+
+def prometheus_value(text: str, metric: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples whose labels include the given ones."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(metric)}\{{(.*)\}}\s+(\S+)$", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
