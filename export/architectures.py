@@ -1,4 +1,7 @@
-"""Build a torchvision classifier by name whose head matches a checkpoint's weights.
+"""Build a classifier by name whose head matches a checkpoint's weights.
+
+Names are torchvision classification models ("resnet50", "efficientnet_v2_s") or timm models
+with a "timm/" prefix ("timm/tf_efficientnet_lite0", the project's default model).
 
 Training projects often replace the head: ResNet's `fc` becomes Sequential(Dropout, Linear), or
 EfficientNet's classifier keeps torchvision's own Sequential(Dropout, Linear). The number of
@@ -18,10 +21,33 @@ class ArchitectureError(ValueError):
     """The weights do not fit the named architecture."""
 
 
+TIMM_PREFIX = "timm/"
+
+
 def known_architectures() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def create_architecture(arch: str) -> nn.Module:
+    """A randomly initialised model (never a download) of the named architecture."""
+    if arch.startswith(TIMM_PREFIX):
+        import timm
+
+        name = arch[len(TIMM_PREFIX) :]
+        if name not in timm.list_models():
+            raise ArchitectureError(f"timm has no model {name!r}")
+        return timm.create_model(name, pretrained=False)
+    import torchvision
+
+    if arch not in known_architectures():
+        raise ArchitectureError(
+            f"unknown architecture {arch!r}; use a torchvision classification model ("
+            + ", ".join(known_architectures())
+            + f") or a timm model as '{TIMM_PREFIX}<name>'"
+        )
+    return torchvision.models.get_model(arch, weights=None)
 
 
 def _final_linear_name(model: nn.Module) -> str:
@@ -62,15 +88,8 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def build_for_state_dict(arch: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
-    """A torchvision `arch` (random init, no download) shaped to load `state_dict` strictly."""
-    import torchvision
-
-    if arch not in known_architectures():
-        raise ArchitectureError(
-            f"unknown architecture {arch!r}; torchvision classification models are: "
-            + ", ".join(known_architectures())
-        )
-    model = torchvision.models.get_model(arch, weights=None)
+    """`arch` (random init, no download) with its head shaped to load `state_dict` strictly."""
+    model = create_architecture(arch)
     head = _final_linear_name(model)
     in_features = model.get_submodule(head).in_features
     head_key = _find_head_key(state_dict, arch, head, in_features)

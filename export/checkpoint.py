@@ -41,6 +41,7 @@ class LoadedModel:
     format: str
     class_names: list[str] | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # e.g. val_acc, epoch
+    preprocess: dict[str, Any] | None = None  # as recorded by scripts/train.py
     sha256: str = ""
 
     @property
@@ -105,18 +106,21 @@ def _from_object(obj: Any, arch: str | None) -> LoadedModel:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"unsupported checkpoint content: {type(obj).__name__}")
 
-    extras = {k: v for k, v in obj.items() if isinstance(v, (int, float, str))}
-    class_names = _class_names_from(obj)
     if _is_state_dict(obj):
-        return _build(obj, arch, "state-dict", class_names, extras)
+        return _build(obj, arch, "state-dict", None, {})
+    extras = {k: v for k, v in obj.items() if isinstance(v, (int, float, str)) and k != "arch"}
+    class_names = _class_names_from(obj)
+    arch = arch or (obj["arch"] if isinstance(obj.get("arch"), str) else None)
     for key in STATE_DICT_KEYS:
         value = obj.get(key)
         if isinstance(value, nn.Module):
-            return LoadedModel(
-                value, arch or type(value).__name__, f"pickled-module-in-{key}", class_names, extras
-            )
+            fmt = f"pickled-module-in-{key}"
+            return LoadedModel(value, arch or type(value).__name__, fmt, class_names, extras)
         if isinstance(value, Mapping) and _is_state_dict(value):
-            return _build(value, arch, f"state-dict-in-{key}", class_names, extras)
+            loaded = _build(value, arch, f"state-dict-in-{key}", class_names, extras)
+            if isinstance(obj.get("preprocess"), Mapping):
+                loaded.preprocess = dict(obj["preprocess"])
+            return loaded
     raise CheckpointError(
         "found no weights in the checkpoint; expected a state_dict, or a dict with one of "
         f"{list(STATE_DICT_KEYS)} (keys present: {sorted(map(str, obj))[:10]})"

@@ -19,8 +19,6 @@ from export.checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from export.parity import ParityReport, check_parity, image_paths
 from export.writers import example_batch, write_onnx, write_torchscript
 from modelspec.meta import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MODEL_FILES,
     RESIZE_MODES,
     MetaError,
@@ -74,16 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="allow unpickling Python objects (whole saved models): only for "
         "files from a source you trust",
     )
+    # Preprocessing: flags win, then what the checkpoint records (scripts/train.py writes it),
+    # then the defaults shown: Resize(256) on the shorter side, CenterCrop(224), ImageNet stats.
     parser.add_argument(
         "--resize-mode",
         choices=RESIZE_MODES,
-        default="shorter_side",
-        help="shorter_side: Resize(N) keeping aspect; square: Resize((N, N))",
+        help="shorter_side: Resize(N) keeping aspect; square: Resize((N, N)) [shorter_side]",
     )
-    parser.add_argument("--resize-size", type=int, default=256)
-    parser.add_argument("--input-size", type=int, default=224, help="CenterCrop size")
-    parser.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN)
-    parser.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD)
+    parser.add_argument("--resize-size", type=int, help="[256]")
+    parser.add_argument("--input-size", type=int, help="CenterCrop size [224]")
+    parser.add_argument("--mean", type=float, nargs=3, help="[ImageNet: 0.485 0.456 0.406]")
+    parser.add_argument("--std", type=float, nargs=3, help="[ImageNet: 0.229 0.224 0.225]")
     parser.add_argument(
         "--fp16", action="store_true", help="also write fp16 TorchScript and ONNX (for GPU workers)"
     )
@@ -131,6 +130,23 @@ def resolve_class_names(args: argparse.Namespace, loaded: LoadedModel, count: in
     return names
 
 
+def resolve_preprocess(args: argparse.Namespace, loaded: LoadedModel) -> PreprocessSpec:
+    recorded = loaded.preprocess or {}
+    defaults = PreprocessSpec()
+
+    def pick(name: str):
+        flag = getattr(args, name)
+        return flag if flag is not None else recorded.get(name, getattr(defaults, name))
+
+    return PreprocessSpec(
+        input_size=int(pick("input_size")),
+        resize_size=int(pick("resize_size")),
+        resize_mode=pick("resize_mode"),
+        mean=tuple(float(v) for v in pick("mean")),
+        std=tuple(float(v) for v in pick("std")),
+    )
+
+
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -168,13 +184,7 @@ def export_model(args: argparse.Namespace) -> ExportResult:
     steps = _Steps(5 if args.fp16 else 4)
     steps(f"loading {args.checkpoint}")
     loaded = load_checkpoint(args.checkpoint, args.arch, args.trust_checkpoint)
-    spec = PreprocessSpec(
-        input_size=args.input_size,
-        resize_size=args.resize_size,
-        resize_mode=args.resize_mode,
-        mean=tuple(args.mean),
-        std=tuple(args.std),
-    )
+    spec = resolve_preprocess(args, loaded)
     example = example_batch(spec.input_size)
     with torch.no_grad():
         logits = loaded.model(example)
