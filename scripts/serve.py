@@ -119,8 +119,11 @@ def model_load_failure(run_dir: Path, deaths: int = 2) -> str | None:
         return None
     if ts_log.read_text(errors="replace").count("Backend worker process died") < deaths:
         return None
-    lines = [line.split("MODEL_LOG - ", 1)[-1] for line in model_log.read_text(errors="replace")
-             .splitlines() if "MODEL_LOG - " in line]  # fmt: skip
+    lines = [
+        line.split("MODEL_LOG - ", 1)[-1]
+        for line in model_log.read_text(errors="replace").splitlines()
+        if "MODEL_LOG - " in line
+    ]
     starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
     # The worker re-raises load errors as "RuntimeError: 500 - ...": prefer the original one.
     for start in reversed(starts):

@@ -32,9 +32,11 @@ def start_service(exported, backend="torchscript", precision="fp32", **handler_s
     context = FakeContext(
         exported.out_dir,
         meta.model_file(backend, precision),
-        {"maxWorkers": 1, "handler": {"backend": backend, "precision": precision,
-                                      **handler_settings}},
-    )  # fmt: off
+        {
+            "maxWorkers": 1,
+            "handler": {"backend": backend, "precision": precision, **handler_settings},
+        },
+    )
     service = ImageClassifierService()
     service.initialize(context)
     return service, context
@@ -166,8 +168,9 @@ def test_onnx_falls_back_to_cpu_when_cuda_cannot_start(exported_small):
 def test_gpu_worker_matches_cpu(exported_small, backend, precision):
     images = [p.read_bytes() for p in real_images()]
     cpu_service, cpu_context = start_service(exported_small, backend, "fp32")
-    expected = [json.loads(a)["label"] for a in cpu_service.handle(requests_for(images),
-                                                                    cpu_context)]  # fmt: off
+    expected = [
+        json.loads(a)["label"] for a in cpu_service.handle(requests_for(images), cpu_context)
+    ]
     context = FakeContext(
         exported_small.out_dir,
         exported_small.meta.model_file(backend, precision),

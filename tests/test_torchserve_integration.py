@@ -134,8 +134,9 @@ def test_frontend_refuses_oversized_bodies(server):
 
 def test_token_authorisation_is_enforced(server):
     endpoints = server.client.endpoints
-    no_token = requests.post(f"{endpoints.inference}/predictions/cover_genre",
-                             data=IMAGES[0].read_bytes(), timeout=10)  # fmt: skip
+    no_token = requests.post(
+        f"{endpoints.inference}/predictions/cover_genre", data=IMAGES[0].read_bytes(), timeout=10
+    )
     assert no_token.status_code in (400, 401)
     assert "Token Authorization failed" in no_token.text
     management = requests.get(f"{endpoints.management}/models", timeout=10)

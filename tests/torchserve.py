@@ -38,8 +38,19 @@ class RunningServer:
 
 
 def archive(export_dir: Path, store: Path, name: str, backend: str, *extra: str) -> Path:
-    code = build_mar.main(["--export-dir", str(export_dir), "--model-store", str(store),
-                           "--name", name, "--backend", backend, *extra])  # fmt: skip
+    code = build_mar.main(
+        [
+            "--export-dir",
+            str(export_dir),
+            "--model-store",
+            str(store),
+            "--name",
+            name,
+            "--backend",
+            backend,
+            *extra,
+        ]
+    )
     assert code == 0, f"build_mar failed for {name}"
     return store / f"{name}.mar"
 
@@ -55,8 +66,15 @@ def start(run_dir: Path, store: Path, *settings: str, timeout: float = 300) -> R
         f"grpc_management_port={grpc_management}",
         *settings,
     ]
-    argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store),
-            "--timeout", str(timeout)]  # fmt: skip
+    argv = [
+        "--run-dir",
+        str(run_dir),
+        "start",
+        "--model-store",
+        str(store),
+        "--timeout",
+        str(timeout),
+    ]
     for override in overrides:
         argv += ["--set", override]
     code = serve.main(argv)
