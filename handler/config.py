@@ -24,6 +24,7 @@ class HandlerConfig:
     intra_op_threads: int = 0  # 0: cores / workers sharing the host (see resolved_threads)
     decode_threads: int = 0  # 0: same as intra_op_threads; 1 decodes in the worker thread
     warmup: bool = True
+    keep_freed_memory: bool = True  # glibc malloc tuning, see handler/allocator.py
     cuda_graphs: bool = False  # reserved for GPU experiments; off by default
 
     @classmethod

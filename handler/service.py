@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from handler.allocator import keep_freed_memory
 from handler.backends import Backend, load_backend, select_device
 from handler.config import HandlerConfig
 from handler.decode import decode_image
@@ -51,6 +52,8 @@ class ImageClassifierService:
         model_dir = Path(props["model_dir"])
         yaml_config = context.model_yaml_config or {}
         self.config = HandlerConfig.from_yaml(yaml_config.get("handler"))
+        if self.config.keep_freed_memory:
+            keep_freed_memory()
         self.meta = ModelMeta.load(model_dir)
         model_file = model_dir / context.manifest["model"]["serializedFile"]
         threads = self.config.resolved_threads(int(yaml_config.get("maxWorkers", 1)))

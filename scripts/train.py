@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from handler.allocator import keep_freed_memory
 from handler.decode import decode_image
 from modelspec.meta import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
 from modelspec.reference import reference_transform
@@ -634,6 +635,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # no page-fault churn per batch; see handler/allocator.py
     run(parse_args(argv))
     return 0
 
