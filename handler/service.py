@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from handler.allocator import keep_freed_memory
@@ -33,7 +32,7 @@ JSON_CONTENT_TYPE = "application/json"
 
 @dataclass
 class PreparedImage:
-    crop: np.ndarray
+    crop: torch.Tensor  # (3, size, size) uint8
     top_k: int
 
 
@@ -86,7 +85,7 @@ class ImageClassifierService:
     def warm_up(self, batch_size: int) -> None:
         """Run the sizes TorchServe will send, so the first real request is not the slow one."""
         size = self.meta.preprocess.input_size
-        blank = np.full((size, size, 3), 128, dtype=np.uint8)
+        blank = torch.full((3, size, size), 128, dtype=torch.uint8)
         for n in sorted({1, max(1, batch_size)}):
             for _ in range(2):  # TorchScript's profiling executor specialises on the 2nd call
                 self.backend(self.normalizer([blank] * n))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -55,7 +54,7 @@ def test_jpeg_draft_error_is_small():
 
 def test_normalizer_batches_and_casts():
     spec = PreprocessSpec(input_size=8, resize_size=8)
-    crops = [np.full((8, 8, 3), v, dtype=np.uint8) for v in (0, 255)]
+    crops = [torch.full((3, 8, 8), v, dtype=torch.uint8) for v in (0, 255)]
     batch = Normalizer(spec, torch.device("cpu"), torch.float16)(crops)
     assert batch.shape == (2, 3, 8, 8) and batch.dtype == torch.float16
     assert batch.is_contiguous()
