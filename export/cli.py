@@ -17,6 +17,7 @@ import torch
 from export.architectures import ArchitectureError
 from export.checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from export.parity import ParityReport, check_parity, image_paths
+from export.quantize import write_int8_onnx
 from export.writers import example_batch, write_onnx, write_torchscript
 from modelspec.meta import (
     MODEL_FILES,
@@ -97,6 +98,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1e-4,
         help="fp32: allowed max|Δlogit| relative to max(1, max|logit|)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write an INT8 ONNX (static quantization, for CPU workers), calibrated on "
+        "--calibration-images",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=Path,
+        help="folder of real images for INT8 calibration (default: --parity-images)",
+    )
+    parser.add_argument(
+        "--int8-min-agreement",
+        type=float,
+        default=0.85,
+        help="int8: least top-1 agreement with the eager model on the parity images",
     )
     parser.add_argument(
         "--fp16-tolerance",
@@ -181,7 +199,7 @@ class _Steps:
 
 def export_model(args: argparse.Namespace) -> ExportResult:
     out_dir: Path = args.out
-    steps = _Steps(5 if args.fp16 else 4)
+    steps = _Steps(4 + args.fp16 + args.int8)
     steps(f"loading {args.checkpoint}")
     loaded = load_checkpoint(args.checkpoint, args.arch, args.trust_checkpoint)
     spec = resolve_preprocess(args, loaded)
@@ -208,6 +226,15 @@ def export_model(args: argparse.Namespace) -> ExportResult:
         write_torchscript(half, out_dir / files["torchscript/fp16"], example.half())
         write_onnx(half, out_dir / files["onnx/fp16"], example.half())
 
+    if args.int8:
+        steps("writing INT8 ONNX (static quantization, calibrated on real images)")
+        files["onnx/int8"] = MODEL_FILES[("onnx", "int8")]
+        calibration = image_paths(args.calibration_images or args.parity_images)
+        used = write_int8_onnx(
+            out_dir / files["onnx/fp32"], out_dir / files["onnx/int8"], spec, calibration
+        )
+        print(f"      calibrated on {used} inputs ({len(calibration[:used])} real images)")
+
     steps("parity check: eager vs TorchScript vs ONNX Runtime")
     report = check_parity(
         loaded.model,
@@ -215,7 +242,8 @@ def export_model(args: argparse.Namespace) -> ExportResult:
         files,
         spec,
         image_paths(args.parity_images),
-        {"fp32": args.tolerance, "fp16": args.fp16_tolerance},
+        {"fp32": args.tolerance, "fp16": args.fp16_tolerance, "int8": 1.0},
+        int8_min_agreement=args.int8_min_agreement,
     )
     report.save(out_dir / "parity.json")
     print(report.table())

@@ -4,6 +4,8 @@ Each exported file runs the same inputs as the eager model (random tensors and r
 through the reference preprocessing). Reported per file: max |Δlogit| and top-1 agreement.
 A file fails when max |Δlogit| exceeds tolerance x max(1, max|eager logit|). Within that bound
 a top-1 can only change where the eager top-2 margin is under twice the bound (a near-tie).
+INT8 files are approximations by design: they are judged by top-1 agreement on the real images
+(random inputs lie outside the calibrated ranges), with max |Δlogit| reported alongside.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FileParity:
     bound: float
     top1_agreement: float
     passed: bool
+    criterion: str = "max|Δlogit|"
 
 
 @dataclass
@@ -62,9 +65,13 @@ class ParityReport:
             f"{'file':28s} {'max|Δlogit|':>12s} {'bound':>9s} {'top-1 agree':>11s}  result",
         ]
         for f in self.files:
+            by_bound = f.criterion.startswith("max")
+            bound = f"{f.bound:9.1e}" if by_bound else f"{'-':>9s}"
+            result = "ok" if f.passed else "FAIL"
+            if not by_bound:
+                result += f" (judged by {f.criterion}, real images only)"
             lines.append(
-                f"{f.file:28s} {f.max_abs_diff:12.2e} {f.bound:9.1e} {f.top1_agreement:11.1%}  "
-                + ("ok" if f.passed else "FAIL")
+                f"{f.file:28s} {f.max_abs_diff:12.2e} {bound} {f.top1_agreement:11.1%}  {result}"
             )
         return "\n".join(lines)
 
@@ -122,7 +129,9 @@ def compare(
     eager: torch.Tensor,
     other: torch.Tensor,
     tolerance: float,
+    min_agreement: float | None = None,
 ) -> FileParity:
+    """Judge by |Δlogit| against the bound, or (min_agreement given) by top-1 agreement."""
     bound = tolerance * max(1.0, eager.abs().max().item())
     diff = (eager - other).abs().max().item()
     agreement = (eager.argmax(1) == other.argmax(1)).float().mean().item()
@@ -133,7 +142,10 @@ def compare(
         max_abs_diff=diff,
         bound=bound,
         top1_agreement=agreement,
-        passed=bool(np.isfinite(diff) and diff <= bound),
+        passed=bool(np.isfinite(diff) and diff <= bound)
+        if min_agreement is None
+        else bool(np.isfinite(diff) and agreement >= min_agreement),
+        criterion="max|Δlogit|" if min_agreement is None else f"top-1 agreement >= {min_agreement}",
     )
 
 
@@ -144,6 +156,7 @@ def check_parity(
     spec: PreprocessSpec,
     images: list[Path],
     tolerances: dict[str, float],
+    int8_min_agreement: float = 0.85,
 ) -> ParityReport:
     """files: {"torchscript/fp32": "model.torchscript.pt", ...}; tolerances per precision."""
     inputs = parity_inputs(spec, images)
@@ -151,10 +164,26 @@ def check_parity(
     results = []
     for key, filename in sorted(files.items()):
         backend, precision = key.split("/")
-        dtype = torch.float16 if precision == "fp16" else torch.float32
+        dtype = torch.float16 if precision == "fp16" else torch.float32  # int8 takes float
         runner = run_torchscript if backend == "torchscript" else run_onnx
         outputs = runner(Path(export_dir) / filename, inputs, dtype)
-        results.append(compare(filename, backend, precision, eager, outputs, tolerances[precision]))
+        if precision == "int8" and images:
+            real = slice(len(inputs) - len(images), None)
+            results.append(
+                compare(
+                    filename,
+                    backend,
+                    precision,
+                    eager[real],
+                    outputs[real],
+                    tolerances[precision],
+                    int8_min_agreement,
+                )
+            )
+        else:
+            results.append(
+                compare(filename, backend, precision, eager, outputs, tolerances[precision])
+            )
     return ParityReport(
         random_inputs=len(inputs) - len(images),
         image_inputs=[p.name for p in images],

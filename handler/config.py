@@ -13,7 +13,7 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class HandlerConfig:
     backend: str = "torchscript"  # torchscript | onnx
-    precision: str = "fp32"  # fp32 | fp16 (fp16 is meant for GPU workers)
+    precision: str = "fp32"  # fp32 | fp16 (GPU workers) | int8 (ONNX only, CPU workers)
     top_k: int = 3  # default k; a request may ask for another, capped at the class count
     max_image_bytes: int = 12 * MiB  # after base64 decoding; the frontend caps the body too
     max_image_pixels: int = 40_000_000  # width * height, checked from the header before decoding
@@ -44,8 +44,10 @@ class HandlerConfig:
     def validate(self) -> None:
         if self.backend not in ("torchscript", "onnx"):
             raise ValueError(f"backend must be torchscript or onnx, got {self.backend!r}")
-        if self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be fp32, fp16 or int8, got {self.precision!r}")
+        if self.precision == "int8" and self.backend != "onnx":
+            raise ValueError("int8 is an ONNX Runtime model: use backend onnx")
         if self.top_k < 1:
             raise ValueError("top_k must be at least 1")
         if self.max_image_bytes < 1 or self.max_image_pixels < 1:

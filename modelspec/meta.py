@@ -26,9 +26,10 @@ MODEL_FILES: dict[tuple[str, str], str] = {
     ("torchscript", "fp16"): "model.fp16.torchscript.pt",
     ("onnx", "fp32"): "model.onnx",
     ("onnx", "fp16"): "model.fp16.onnx",
+    ("onnx", "int8"): "model.int8.onnx",  # ONNX Runtime static quantization, for CPU workers
 }
 BACKENDS: tuple[str, ...] = ("torchscript", "onnx")
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAME = "logits"

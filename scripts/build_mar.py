@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="fp16 needs an export made with --fp16; meant for GPU workers",
+        help="fp16 (GPU workers) needs an export made with --fp16; int8 (CPU, onnx backend) "
+        "one made with --int8",
     )
     parser.add_argument("--model-store", type=Path, default=REPO_ROOT / "model_store")
     parser.add_argument(

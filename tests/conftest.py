@@ -90,7 +90,7 @@ def exported_screens(tmp_path_factory) -> Exported:
 
 @pytest.fixture(scope="session")
 def exported_small(tmp_path_factory) -> Exported:
-    """A quick MobileNetV3-small export with fp16 files, for handler and archive tests."""
+    """A quick ResNet-18 export with fp16 and int8 files, for handler and archive tests."""
     root = tmp_path_factory.mktemp("small")
     model = small_model(num_classes=4, seed=2)
     checkpoint = root / "small.pth"
@@ -109,6 +109,7 @@ def exported_small(tmp_path_factory) -> Exported:
             "--class-names",
             "alpha,beta,gamma,delta",
             "--fp16",
+            "--int8",
         ]
     )
     return Exported(checkpoint, out, model, ModelMeta.load(out))

@@ -85,6 +85,17 @@ def test_fp16_files_pass_their_own_tolerance(exported_small):
     assert session.get_inputs()[0].type == "tensor(float16)"
 
 
+def test_int8_file_is_judged_by_agreement_on_real_images(exported_small):
+    report = json.loads((exported_small.out_dir / "parity.json").read_text())
+    (int8,) = [f for f in report["files"] if f["precision"] == "int8"]
+    assert int8["file"] == "model.int8.onnx" and int8["passed"]
+    assert int8["criterion"].startswith("top-1 agreement")
+    assert int8["top1_agreement"] >= 0.85 and int8["max_abs_diff"] > 1e-3  # truly quantized
+    graph = onnx.load(str(exported_small.out_dir / "model.int8.onnx")).graph
+    assert any(node.op_type == "QuantizeLinear" for node in graph.node)
+    assert [i.name for i in graph.input] == [ONNX_INPUT_NAME]
+
+
 def test_parity_compare_catches_drift():
     eager = torch.tensor([[5.0, 1.0, 0.0], [0.0, 3.0, 2.9]])
     assert compare("m", "onnx", "fp32", eager, eager + 1e-5, 1e-4).passed
@@ -94,6 +105,8 @@ def test_parity_compare_catches_drift():
     flipped = eager[:, [1, 0, 2]]  # top-1 changes on both rows
     result = compare("m", "onnx", "fp32", eager, flipped, 1e-4)
     assert result.top1_agreement == 0.0 and not result.passed
+    assert compare("m", "onnx", "int8", eager, flipped, 1.0, min_agreement=0.5).passed is False
+    assert compare("m", "onnx", "int8", eager, eager + 0.5, 1.0, min_agreement=0.5).passed
     nan = eager.clone()
     nan[1, 2] = float("nan")
     assert not compare("m", "onnx", "fp32", eager, nan, 1e-4).passed

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from handler.backends import OnnxBackend, onnx_providers, select_device
+from handler.config import HandlerConfig
 from handler.service import ImageClassifierService
 from modelspec.reference import reference_tensor
 from tests.helpers import (
@@ -64,20 +65,18 @@ def test_bad_items_fail_alone(exported_small, backend):
 
 
 def test_backends_and_precisions_agree(exported_small):
-    """fp32 TorchScript, fp32 ONNX and both fp16 files give the same top-1 on real images."""
+    """Every exported file (fp32, fp16 and int8) gives the eager top-1 on the real images."""
     images = [p.read_bytes() for p in real_images()]
-    labels = {}
-    for backend in ("torchscript", "onnx"):
-        for precision in ("fp32", "fp16"):
-            service, context = start_service(exported_small, backend, precision)
-            answers = [json.loads(a) for a in service.handle(requests_for(images), context)]
-            labels[backend, precision] = [a["label"] for a in answers]
-            assert service.backend.input_dtype == (
-                torch.float16 if precision == "fp16" else torch.float32
-            )
     reference = [eager_top1(exported_small, data) for data in images]
-    for key, got in labels.items():
-        assert got == reference, key
+    keys = sorted(exported_small.meta.files)
+    assert len(keys) == 5  # torchscript fp32/fp16, onnx fp32/fp16/int8
+    for key in keys:
+        backend, precision = key.split("/")
+        service, context = start_service(exported_small, backend, precision)
+        answers = [json.loads(a) for a in service.handle(requests_for(images), context)]
+        assert [a["label"] for a in answers] == reference, key
+        expected_dtype = torch.float16 if precision == "fp16" else torch.float32
+        assert service.backend.input_dtype == expected_dtype
 
 
 def test_per_request_top_k_and_limits(exported_small):
@@ -128,6 +127,8 @@ def test_out_of_memory_maps_to_507(exported_small, monkeypatch):
 def test_unknown_handler_setting_fails_at_load(exported_small):
     with pytest.raises(ValueError, match="unknown handler settings"):
         start_service(exported_small, topk=3)
+    with pytest.raises(ValueError, match="use backend onnx"):
+        HandlerConfig.from_yaml({"backend": "torchscript", "precision": "int8"})
 
 
 def test_handler_entry_point_initialises_once(exported_small):
