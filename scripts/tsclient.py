@@ -7,6 +7,8 @@ find the server or authenticate.
 from __future__ import annotations
 
 import json
+import re
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +22,19 @@ DEFAULT_RUN_DIR = REPO_ROOT / ".run" / "torchserve"
 DEFAULT_CONFIG = REPO_ROOT / "config.properties"
 SERVER_FILE = "server.json"  # what `serve.py start` records about the running instance
 KEY_FILE = "key_file.json"  # written by TorchServe itself when token authorisation is on
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (bound, then released for the server to take)."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [s.getsockname()[1] for s in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
 
 
 class TorchServeError(RuntimeError):
@@ -86,6 +101,10 @@ class TorchServeClient:
         return cls(Endpoints.from_properties(read_properties(config)), run_dir, timeout)
 
     # ---- plumbing --------------------------------------------------------------------------
+    def set_token(self, api: str, token: str) -> None:
+        """Use this token for `api` (inference, management, API) instead of the key file's."""
+        self._tokens[api] = token
+
     def headers(self, api: str) -> dict[str, str]:
         token = self._tokens.get(api)
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -191,6 +210,19 @@ class TorchServeClient:
                 last_state = str(exc)
             time.sleep(poll)
         raise TorchServeError(f"not ready after {timeout:.0f}s: {last_state}")
+
+
+def prometheus_value(text: str, metric: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples whose labels include the given ones."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(metric)}\{{(.*)\}}\s+(\S+)$", line)
+        if not match:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
 
 
 def _ready_count(description: dict[str, Any]) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -95,19 +94,6 @@ def gradient_rgb(width: int = 320, height: int = 240) -> Image.Image:
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None].repeat(width, 1)
     pixels = np.stack([x, y, np.full_like(x, 64)], axis=-1).astype(np.uint8)
     return Image.fromarray(pixels, "RGB")
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (bound then released; fine for tests)."""
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [s.getsockname()[1] for s in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 class FakeContext:

@@ -19,6 +19,7 @@ import requests
 from PIL import Image
 
 from modelspec.reference import reference_tensor
+from scripts.tsclient import prometheus_value
 from tests import torchserve
 from tests.helpers import eager_logits, encode, gradient_rgb, real_images
 
@@ -174,11 +175,9 @@ def test_scaling_workers_through_the_management_api(server):
 
 def test_prometheus_metrics_count_the_requests(server):
     text = server.client.metrics_text()
-    served = torchserve.prometheus_value(
-        text, "ts_inference_requests_total", model_name="cover_genre"
-    )
+    served = prometheus_value(text, "ts_inference_requests_total", model_name="cover_genre")
     assert served >= len(IMAGES) + 8  # at least the requests the tests above sent
-    assert torchserve.prometheus_value(text, "ts_queue_latency_microseconds") > 0
+    assert prometheus_value(text, "ts_queue_latency_microseconds") > 0
     assert "Requests4XX" in text and "Requests2XX" in text
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from scripts import build_mar, serve
-from scripts.tsclient import TorchServeClient
-from tests.helpers import free_ports
+from scripts.tsclient import TorchServeClient, free_ports
 
 
 @dataclass
@@ -82,16 +80,3 @@ def start(run_dir: Path, store: Path, *settings: str, timeout: float = 300) -> R
     pid = serve.recorded_pid(run_dir)
     assert pid is not None
     return RunningServer(run_dir, store, TorchServeClient.from_run_dir(run_dir), pid)
-
-
-def prometheus_value(text: str, metric: str, **labels: str) -> float:
-    """Sum of a Prometheus metric's samples whose labels include the given ones."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.match(rf"^{re.escape(metric)}\{{(.*)\}}\s+(\S+)$", line)
-        if not match:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total

@@ -1,0 +1,188 @@
+"""The HTTP load generator behind scripts/loadtest.py and scripts/benchmark.py.
+
+aiohttp (a well-kept asyncio HTTP client) drives many requests from one process cheaply.
+Closed loop: N clients, each sending its next request when the last one answers.
+Open loop: requests leave on a fixed schedule whatever the server does, and latency is counted
+from the *intended* send time, so a server that falls behind cannot hide its queueing (the
+"coordinated omission" trap of closed-loop tools).
+Both stop by themselves, on a request count or a duration, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+
+from scripts.sample_images import Upload
+
+
+class LoadError(RuntimeError):
+    pass
+
+
+def ensure_loopback(url: str, allow_remote: bool = False) -> None:
+    """Load goes to this machine unless the operator explicitly says otherwise."""
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror as exc:
+        raise LoadError(f"cannot resolve {host!r}: {exc}") from exc
+    if not allow_remote and not all(ipaddress.ip_address(a).is_loopback for a in addresses):
+        raise LoadError(f"{url} is not on loopback; pass --allow-remote to load another host")
+
+
+@dataclass
+class StepResult:
+    mode: str  # "closed" or "open"
+    level: float  # concurrency (closed) or target requests/s (open)
+    duration_s: float
+    latencies_ms: list[float] = field(default_factory=list)  # requests that got an answer
+    statuses: Counter = field(default_factory=Counter)  # "200", "503", "ClientOSError", ...
+    late_starts: int = 0  # open loop: sends that left late because the client was saturated
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get("200", 0)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "level": self.level,
+            "requests": self.requests,
+            "ok": self.ok,
+            "duration_s": round(self.duration_s, 3),
+            "throughput_rps": round(self.ok / self.duration_s, 2) if self.duration_s else 0.0,
+            "p50_ms": round(self.percentile(50), 2),
+            "p90_ms": round(self.percentile(90), 2),
+            "p99_ms": round(self.percentile(99), 2),
+            "max_ms": round(max(self.latencies_ms), 2) if self.latencies_ms else float("nan"),
+            "statuses": dict(sorted(self.statuses.items())),
+            "late_starts": self.late_starts,
+        }
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    headers: dict[str, str]
+    multipart: bool = False  # send the image as a multipart "data" field instead of raw
+
+    def request_kwargs(self, upload: Upload) -> dict[str, Any]:
+        if self.multipart:
+            form = aiohttp.FormData()
+            form.add_field(
+                "data", upload.body, filename=upload.name, content_type=upload.content_type
+            )
+            return {"data": form, "headers": self.headers}
+        return {
+            "data": upload.body,
+            "headers": {**self.headers, "Content-Type": upload.content_type},
+        }
+
+
+async def _send(
+    session: aiohttp.ClientSession, target: Target, upload: Upload, timeout: float
+) -> tuple[str, bool]:
+    """Status (or exception name) and whether the server answered at all."""
+    try:
+        async with session.post(
+            target.url,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            **target.request_kwargs(upload),
+        ) as response:
+            await response.read()
+            return str(response.status), True
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        return type(exc).__name__, False
+
+
+async def closed_loop(
+    target: Target,
+    uploads: Sequence[Upload],
+    concurrency: int,
+    *,
+    duration: float,
+    max_requests: int,
+    timeout: float = 60.0,
+) -> StepResult:
+    result = StepResult("closed", concurrency, 0.0)
+    issued = 0
+    started = time.perf_counter()
+    deadline = started + duration
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal issued
+        while time.perf_counter() < deadline and issued < max_requests:
+            upload = uploads[issued % len(uploads)]
+            issued += 1
+            sent = time.perf_counter()
+            status, answered = await _send(session, target, upload, timeout)
+            result.statuses[status] += 1
+            if answered:
+                result.latencies_ms.append((time.perf_counter() - sent) * 1e3)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+async def open_loop(
+    target: Target,
+    uploads: Sequence[Upload],
+    rate: float,
+    *,
+    duration: float,
+    max_requests: int,
+    max_in_flight: int = 512,
+    timeout: float = 60.0,
+) -> StepResult:
+    """Requests at `rate`/s on a fixed schedule; latency from each one's scheduled time."""
+    result = StepResult("open", rate, 0.0)
+    total = min(max_requests, max(1, int(rate * duration)))
+    slots = asyncio.Semaphore(max_in_flight)
+    started = time.perf_counter()
+
+    async def one(session: aiohttp.ClientSession, index: int, scheduled: float) -> None:
+        async with slots:
+            if time.perf_counter() - scheduled > 0.005:  # the client itself fell behind
+                result.late_starts += 1
+            status, answered = await _send(session, target, uploads[index % len(uploads)], timeout)
+            result.statuses[status] += 1
+            if answered:
+                result.latencies_ms.append((time.perf_counter() - scheduled) * 1e3)
+
+    connector = aiohttp.TCPConnector(limit=max_in_flight)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks = []
+        for index in range(total):
+            scheduled = started + index / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(session, index, scheduled)))
+        await asyncio.gather(*tasks)
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
