@@ -40,6 +40,7 @@ from scripts.tsclient import (
 )
 
 DEFAULT_MODEL_STORE = REPO_ROOT / "model_store"
+DEFAULT_LOG_CONFIG = REPO_ROOT / "log4j2.xml"
 
 
 class ServeError(RuntimeError):
@@ -111,13 +112,15 @@ def model_load_failure(run_dir: Path, deaths: int = 2) -> str | None:
     """The worker traceback when a model keeps failing to load, else None.
 
     TorchServe retries a failing worker with back-off for up to maxRetryTimeoutInSec (default
-    300 s), saying little; two deaths with a Python traceback is enough to know.
+    300 s), saying little; two deaths with a Python traceback is enough to know. A death shows
+    as "Retry worker" (INFO) or, in TorchServe's own log config, "...process died" (DEBUG).
     """
     ts_log = run_dir / "logs" / "ts_log.log"
     model_log = run_dir / "logs" / "model_log.log"
     if not ts_log.is_file() or not model_log.is_file():
         return None
-    if ts_log.read_text(errors="replace").count("Backend worker process died") < deaths:
+    text = ts_log.read_text(errors="replace")
+    if max(text.count("Retry worker"), text.count("Backend worker process died")) < deaths:
         return None
     lines = [
         line.split("MODEL_LOG - ", 1)[-1]
@@ -170,6 +173,8 @@ def start(args: argparse.Namespace) -> int:
         str(config_path),
         "--model-store",
         str(model_store),
+        "--log-config",
+        str(args.log_config.resolve()),
     ]
     with open(run_dir / "logs" / "launcher.log", "w") as launcher_log:
         subprocess.run(
@@ -340,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     start_cmd = commands.add_parser("start", help="start and wait until workers are READY")
     start_cmd.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     start_cmd.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE)
+    start_cmd.add_argument(
+        "--log-config",
+        type=Path,
+        default=DEFAULT_LOG_CONFIG,
+        help="log4j2 configuration (default: %(default)s)",
+    )
     start_cmd.add_argument(
         "--set",
         action="append",
