@@ -47,6 +47,7 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
         "maxBatchDelay": args.max_batch_delay,
         "responseTimeout": args.response_timeout,
         "startupTimeout": args.startup_timeout,
+        **({"jobQueueSize": args.job_queue_size} if args.job_queue_size else {}),
         "deviceType": args.device,
         "handler": handler_settings,
     }
@@ -154,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-workers", type=int, default=1)
     parser.add_argument("--response-timeout", type=int, default=60, help="seconds")
     parser.add_argument("--startup-timeout", type=int, default=120, help="seconds")
+    parser.add_argument(
+        "--job-queue-size",
+        type=int,
+        help="this model's queue (default: job_queue_size in config.properties); when full, "
+        "requests get an immediate 503",
+    )
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument(
         "--handler-set",

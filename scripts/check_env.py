@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Check what `make install` cannot pip-install: a Python 3.10+ and Java 17+ for TorchServe.
+"""Check what `make install` cannot pip-install: Python 3.10+, Java 17+ for TorchServe, and the
+Debian tools the tests start for real (Apache Bench for the load-test cross-check).
 
 Standard library only: it runs before the virtual environment exists.
-  python3 scripts/check_env.py            # check, explain what is missing, exit 1 if anything is
-  python3 scripts/check_env.py --install  # also apt-get install Java when missing (root only)
+  python3 scripts/check_env.py            # check, explain what is missing, exit 1 if Java is
+  python3 scripts/check_env.py --install  # also apt-get install what is missing (root only)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 MIN_PYTHON = (3, 10)
 MIN_JAVA = 17
 JAVA_PACKAGE = "openjdk-17-jre-headless"
+# command -> Debian package, for tools the tests run for real
+TEST_TOOLS = {"ab": "apache2-utils"}
 
 
 class EnvironmentProblem(RuntimeError):
@@ -58,19 +61,28 @@ def find_java() -> str:
     return java
 
 
+def can_apt() -> bool:
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def apt_install(packages: list[str]) -> None:
+    print(f"installing {' '.join(packages)} with apt-get ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    subprocess.run(install, check=True, env=env)
+
+
 def install_java() -> None:
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
+    if not can_apt():
         raise EnvironmentProblem(
             f"cannot install Java here (needs root and apt-get); install {JAVA_PACKAGE} yourself"
         )
-    print(f"installing {JAVA_PACKAGE} with apt-get ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", JAVA_PACKAGE],
-        check=True,
-        env=env,
-    )
+    apt_install([JAVA_PACKAGE])
+
+
+def missing_test_tools() -> dict[str, str]:
+    return {tool: package for tool, package in TEST_TOOLS.items() if not shutil.which(tool)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"ok: Python {sys.version.split()[0]}, Java {java_major(java)} at {java}")
+    missing = missing_test_tools()
+    if missing and args.install and can_apt():
+        try:
+            apt_install(sorted(set(missing.values())))
+        except subprocess.CalledProcessError as exc:
+            print(f"warning: could not install test tools: {exc}", file=sys.stderr)
+        missing = missing_test_tools()
+    if missing:
+        print(
+            f"warning: tests that need {', '.join(missing)} will say so; install "
+            f"{' '.join(sorted(set(missing.values())))}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -47,6 +47,7 @@ class StepResult:
     level: float  # concurrency (closed) or target requests/s (open)
     duration_s: float
     latencies_ms: list[float] = field(default_factory=list)  # requests that got an answer
+    by_status_ms: dict[str, list[float]] = field(default_factory=dict)  # the same, per status
     statuses: Counter = field(default_factory=Counter)  # "200", "503", "ClientOSError", ...
     late_starts: int = 0  # open loop: sends that left late because the client was saturated
 
@@ -58,8 +59,15 @@ class StepResult:
     def ok(self) -> int:
         return self.statuses.get("200", 0)
 
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+    def record(self, status: str, latency_ms: float | None) -> None:
+        self.statuses[status] += 1
+        if latency_ms is not None:
+            self.latencies_ms.append(latency_ms)
+            self.by_status_ms.setdefault(status, []).append(latency_ms)
+
+    def percentile(self, q: float, status: str | None = None) -> float:
+        values = self.latencies_ms if status is None else self.by_status_ms.get(status, [])
+        return float(np.percentile(values, q)) if values else float("nan")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -74,6 +82,9 @@ class StepResult:
             "p99_ms": round(self.percentile(99), 2),
             "max_ms": round(max(self.latencies_ms), 2) if self.latencies_ms else float("nan"),
             "statuses": dict(sorted(self.statuses.items())),
+            "p50_ms_by_status": {
+                k: round(self.percentile(50, k), 2) for k in sorted(self.by_status_ms)
+            },
             "late_starts": self.late_starts,
         }
 
@@ -134,9 +145,7 @@ async def closed_loop(
             issued += 1
             sent = time.perf_counter()
             status, answered = await _send(session, target, upload, timeout)
-            result.statuses[status] += 1
-            if answered:
-                result.latencies_ms.append((time.perf_counter() - sent) * 1e3)
+            result.record(status, (time.perf_counter() - sent) * 1e3 if answered else None)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -166,9 +175,7 @@ async def open_loop(
             if time.perf_counter() - scheduled > 0.005:  # the client itself fell behind
                 result.late_starts += 1
             status, answered = await _send(session, target, uploads[index % len(uploads)], timeout)
-            result.statuses[status] += 1
-            if answered:
-                result.latencies_ms.append((time.perf_counter() - scheduled) * 1e3)
+            result.record(status, (time.perf_counter() - scheduled) * 1e3 if answered else None)
 
     connector = aiohttp.TCPConnector(limit=max_in_flight)
     async with aiohttp.ClientSession(connector=connector) as session:

@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import multiprocessing
-import random
 import shutil
 import socket
 import subprocess
@@ -54,15 +53,20 @@ def bad_uploads(good: list[Upload]) -> list[Upload]:
     ]
 
 
-def mixed(good: list[Upload], bad_share: float, count: int = 200, seed: int = 0) -> list[Upload]:
-    """A fixed sequence with the wanted share of bad uploads spread through it."""
+def mixed(good: list[Upload], bad_share: float, count: int = 200) -> list[Upload]:
+    """A fixed sequence with exactly the wanted share of bad uploads, spread evenly through it
+    (item i is bad when floor((i + 1) * share) steps up), cycling through the kinds of bad."""
     if bad_share <= 0:
         return good
     bad = bad_uploads(good)
-    rng = random.Random(seed)
-    return [
-        rng.choice(bad) if rng.random() < bad_share else good[i % len(good)] for i in range(count)
-    ]
+    sequence, bad_seen = [], 0
+    for i in range(count):
+        if int((i + 1) * bad_share) > int(i * bad_share):
+            sequence.append(bad[bad_seen % len(bad)])
+            bad_seen += 1
+        else:
+            sequence.append(good[(i - bad_seen) % len(good)])
+    return sequence
 
 
 # ---- server-side view ----------------------------------------------------------------------
@@ -145,7 +149,11 @@ def client_ceiling(uploads: list[Upload], concurrency: int, duration: float) -> 
 def apache_bench(
     url: str, headers: dict[str, str], upload: Upload, concurrency: int, requests: int
 ) -> dict[str, Any]:
-    """Apache Bench (Debian's apache2-utils) on the same URL, body and concurrency."""
+    """Apache Bench (Debian's apache2-utils) on the same URL, body and concurrency.
+
+    -k (keep-alive) is needed: ab speaks HTTP/1.0 and, without keep-alive, waits for the server
+    to close each connection, which TorchServe's Netty frontend does not do; our client keeps
+    connections alive too, so the two measure the same thing."""
     if not shutil.which("ab"):
         raise SystemExit("ab is not installed: apt-get install apache2-utils")
     with tempfile.NamedTemporaryFile(suffix=Path(upload.name).suffix) as body:
@@ -153,6 +161,7 @@ def apache_bench(
         body.flush()
         command = [
             "ab",
+            "-k",
             "-q",
             "-n",
             str(requests),
