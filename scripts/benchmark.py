@@ -538,29 +538,37 @@ def bench_e2e(subject: Subject, backend: str, plan: Plan, workdir: Path) -> tupl
     store.mkdir(parents=True)
     stock_note = stock_unavailable(subject)
     models: dict[str, tuple[str, str]] = {}
+
+    def archive_ours(name: str, precision: str, batch: int, delay: int) -> None:
+        argv = [
+            "--export-dir",
+            str(subject.export_dir),
+            "--name",
+            name,
+            "--backend",
+            backend,
+            "--precision",
+            precision,
+            "--batch-size",
+            str(batch),
+            "--max-batch-delay",
+            str(delay),
+            "--model-store",
+            str(store),
+        ]
+        if build_mar.main(argv) != 0:
+            raise SystemExit(f"could not archive {name}")
+
     for batching, (batch, delay) in {"on": (8, 5), "off": (1, 0)}.items():
-        name = f"ours_batching_{batching}"
-        build_mar.main(
-            [
-                "--export-dir",
-                str(subject.export_dir),
-                "--name",
-                name,
-                "--backend",
-                backend,
-                "--batch-size",
-                str(batch),
-                "--max-batch-delay",
-                str(delay),
-                "--model-store",
-                str(store),
-            ]
-        )
-        models[name] = ("ours", batching)
+        archive_ours(f"ours_batching_{batching}", "fp32", batch, delay)
+        models[f"ours_batching_{batching}"] = ("ours", batching)
         if not stock_note:
             name = f"stock_batching_{batching}"
             archive_stock(subject, store, name, batch, delay, workdir / "stock" / batching)
             models[name] = ("stock", batching)
+    if backend == "onnx" and "onnx/int8" in subject.meta.files:
+        archive_ours("ours_int8_batching_on", "int8", 8, 5)
+        models["ours_int8_batching_on"] = ("ours int8", "on")
     run_dir = workdir / "e2e_run"
     ports = free_ports(5)
     settings = [
@@ -708,25 +716,25 @@ def goals(
             "detail": f"{screenshot[0]['ms_per_image']} ms preprocessing vs "
             f"{served['p50_ms']} ms {served['variant']} at batch 1",
         }
+
+    def e2e_row(handler: str, concurrency: int) -> dict | None:
+        rows = [
+            r
+            for r in e2e_rows
+            if r["handler"] == handler and r["batching"] == "on" and r["concurrency"] == concurrency
+        ]
+        return rows[0] if rows else None
+
     for concurrency in sorted({r["concurrency"] for r in e2e_rows}):
-        ours = [
-            r
-            for r in e2e_rows
-            if r["handler"] == "ours" and r["batching"] == "on" and r["concurrency"] == concurrency
-        ]
-        stock = [
-            r
-            for r in e2e_rows
-            if r["handler"] == "stock" and r["batching"] == "on" and r["concurrency"] == concurrency
-        ]
-        if ours and stock and stock[0]["throughput_rps"]:
-            out[f"e2e_c{concurrency}_ours_over_stock"] = {
-                "throughput_ratio": round(
-                    ours[0]["throughput_rps"] / stock[0]["throughput_rps"], 2
-                ),
-                "p99_ratio": round(ours[0]["p99_ms"] / stock[0]["p99_ms"], 2),
-                "goal": ">= 2x throughput, p99 no worse" if concurrency == 8 else "(reported)",
-            }
+        stock = e2e_row("stock", concurrency)
+        for handler, key in (("ours", "ours"), ("ours int8", "ours_int8")):
+            ours = e2e_row(handler, concurrency)
+            if ours and stock and stock["throughput_rps"]:
+                out[f"e2e_c{concurrency}_{key}_over_stock"] = {
+                    "throughput_ratio": round(ours["throughput_rps"] / stock["throughput_rps"], 2),
+                    "p99_ratio": round(ours["p99_ms"] / stock["p99_ms"], 2),
+                    "goal": ">= 2x throughput, p99 no worse" if concurrency == 8 else "(reported)",
+                }
     gpu = [r for r in model_rows if r.get("device") == "cuda" and "p50_ms" in r]
     cpu = [r for r in model_rows if r.get("device") == "cpu" and "p50_ms" in r]
     if gpu:
@@ -837,7 +845,7 @@ def markdown(result: dict[str, Any]) -> str:
             "| handler | batching | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
             "|---|---|" + "---|" * len(concurrencies),
         ]
-        for handler in ("ours", "stock"):
+        for handler in ("ours", "ours int8", "stock"):
             for batching in ("on", "off"):
                 cells = []
                 for c in concurrencies:
@@ -906,7 +914,7 @@ def plots(result: dict[str, Any], out: Path) -> None:
         plt.close(figure)
     if result["e2e"]:
         figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-        for handler in ("ours", "stock"):
+        for handler in ("ours", "ours int8", "stock"):
             for batching in ("on", "off"):
                 points = sorted(
                     (r["concurrency"], r["throughput_rps"], r["p99_ms"])
@@ -916,7 +924,7 @@ def plots(result: dict[str, Any], out: Path) -> None:
                 if not points:
                     continue
                 x, throughput, p99 = zip(*points, strict=True)
-                style = "-" if handler == "ours" else "--"
+                style = "--" if handler == "stock" else "-"
                 label = f"{handler}, batching {batching}"
                 left.plot(x, throughput, style, marker="o", label=label)
                 right.plot(x, p99, style, marker="o", label=label)

@@ -85,12 +85,12 @@ def test_end_to_end_ours_and_stock_both_answer(quick_run):
     e2e = result["e2e"]
     assert {(r["handler"], r["batching"], r["concurrency"]) for r in e2e} == {
         (h, b, c) for h in ("ours", "stock") for b in ("on", "off") for c in (1, 8)
-    }
+    } | {("ours int8", "on", c) for c in (1, 8)}
     for row in e2e:
         assert row["ok"] > 0 and set(row["statuses"]) == {"200"}, row
         assert row["throughput_rps"] > 0 and row["p99_ms"] >= row["p50_ms"]
-    ratio = result["goals"]["e2e_c8_ours_over_stock"]["throughput_ratio"]
-    assert ratio > 0
+    assert result["goals"]["e2e_c8_ours_over_stock"]["throughput_ratio"] > 0
+    assert result["goals"]["e2e_c8_ours_int8_over_stock"]["throughput_ratio"] > 0
 
 
 def test_report_files(quick_run):
