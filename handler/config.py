@@ -25,6 +25,11 @@ class HandlerConfig:
     decode_threads: int = 0  # 0: same as intra_op_threads; 1 decodes in the worker thread
     warmup: bool = True
     keep_freed_memory: bool = True  # glibc malloc tuning, see handler/allocator.py
+    # Redis cache of answers (see handler/cache.py): off unless a URL is set here or in the
+    # worker's environment as GAMEART_CACHE_URL, e.g. redis://127.0.0.1:6379/0
+    cache_url: str = ""
+    cache_ttl_s: int = 86_400
+    cache_timeout_ms: int = 50
     cuda_graphs: bool = False  # reserved for GPU experiments; off by default
 
     @classmethod
@@ -54,6 +59,8 @@ class HandlerConfig:
             raise ValueError("image limits must be positive")
         if self.jpeg_draft_oversample and self.jpeg_draft_oversample < 1:
             raise ValueError("jpeg_draft_oversample must be 0 (off) or at least 1")
+        if self.cache_ttl_s < 1 or self.cache_timeout_ms < 1:
+            raise ValueError("cache_ttl_s and cache_timeout_ms must be positive")
         if len(self.alpha_background) != 3:
             raise ValueError("alpha_background needs three 0-255 values")
 

@@ -1,4 +1,4 @@
-"""Logits -> the JSON answer for each image."""
+"""Logits -> class probabilities -> the JSON answer for each image."""
 
 from __future__ import annotations
 
@@ -8,31 +8,17 @@ from typing import Any
 import torch
 
 
-def top_k_predictions(
-    logits: torch.Tensor, class_names: Sequence[str], ks: Sequence[int]
-) -> list[dict[str, Any]]:
-    """One answer per row: {"label", "confidence", "top_k": [{"label", "probability"}, ...]}.
+def probabilities(logits: torch.Tensor, num_classes: int) -> list[list[float]]:
+    """Softmax per row, as plain floats (what the cache stores and answers are built from)."""
+    if logits.ndim != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits shape {tuple(logits.shape)} does not match {num_classes} classes")
+    return torch.softmax(logits.float(), dim=1).tolist()
 
-    ks gives each row its own k, capped at the number of classes.
-    """
-    if logits.ndim != 2 or logits.shape[1] != len(class_names):
-        raise ValueError(
-            f"logits shape {tuple(logits.shape)} does not match {len(class_names)} classes"
-        )
-    if len(ks) != logits.shape[0]:
-        raise ValueError("need one k per row")
-    probabilities = torch.softmax(logits.float(), dim=1)
-    widest = min(max(ks), len(class_names))
-    values, indices = probabilities.topk(widest, dim=1)
-    values, indices = values.tolist(), indices.tolist()
-    answers = []
-    for row, k in enumerate(ks):
-        k = min(k, len(class_names))
-        top = [
-            {"label": class_names[i], "probability": round(p, 6)}
-            for p, i in zip(values[row][:k], indices[row][:k], strict=True)
-        ]
-        answers.append(
-            {"label": top[0]["label"], "confidence": top[0]["probability"], "top_k": top}
-        )
-    return answers
+
+def answer(row: Sequence[float], class_names: Sequence[str], k: int) -> dict[str, Any]:
+    """{"label", "confidence", "top_k": [{"label", "probability"}, ...]}; k capped at classes."""
+    if len(row) != len(class_names):
+        raise ValueError(f"{len(row)} probabilities for {len(class_names)} classes")
+    order = sorted(range(len(row)), key=lambda i: row[i], reverse=True)[: max(1, k)]
+    top = [{"label": class_names[i], "probability": round(float(row[i]), 6)} for i in order]
+    return {"label": top[0]["label"], "confidence": top[0]["probability"], "top_k": top}

@@ -112,7 +112,8 @@ class FakeContext:
             "gpu_id": gpu_id,
             "batch_size": batch_size,
         }
-        self.manifest = {"model": {"serializedFile": serialized_file}}
+        self.model_name = "model"
+        self.manifest = {"model": {"serializedFile": serialized_file, "modelVersion": "1.0"}}
         self.model_yaml_config = yaml_config or {}
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}

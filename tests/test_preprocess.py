@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from handler.decode import decode_image
-from handler.postprocess import top_k_predictions
+from handler.postprocess import answer, probabilities
 from handler.preprocess import Normalizer, resize_crop
 from modelspec.meta import MetaError, ModelMeta, PreprocessSpec
 from modelspec.reference import reference_tensor
@@ -100,12 +100,14 @@ def test_meta_round_trip(tmp_path):
 
 def test_top_k_answers():
     logits = torch.tensor([[0.0, 2.0, 1.0], [5.0, 0.0, 0.0]])
-    answers = top_k_predictions(logits, ["a", "b", "c"], [2, 10])
-    assert answers[0]["label"] == "b"
-    assert [p["label"] for p in answers[0]["top_k"]] == ["b", "c"]
-    assert len(answers[1]["top_k"]) == 3  # k capped at the class count
-    probabilities = torch.softmax(logits, 1)
-    assert answers[0]["confidence"] == pytest.approx(probabilities[0, 1].item(), abs=1e-6)
-    assert sum(p["probability"] for p in answers[1]["top_k"]) == pytest.approx(1.0, abs=1e-5)
+    rows = probabilities(logits, 3)
+    first, second = answer(rows[0], ["a", "b", "c"], 2), answer(rows[1], ["a", "b", "c"], 10)
+    assert first["label"] == "b"
+    assert [p["label"] for p in first["top_k"]] == ["b", "c"]
+    assert len(second["top_k"]) == 3  # k capped at the class count
+    assert first["confidence"] == pytest.approx(torch.softmax(logits, 1)[0, 1].item(), abs=1e-6)
+    assert sum(p["probability"] for p in second["top_k"]) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError):
-        top_k_predictions(logits, ["a", "b"], [1, 1])
+        probabilities(logits, 2)
+    with pytest.raises(ValueError):
+        answer(rows[0], ["a", "b"], 1)
