@@ -72,6 +72,20 @@ def effective_config(base: Path, overrides: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PATH_KEYS = ("metrics_config",)  # config values that name files next to the config file
+
+
+def absolute_paths(config: Path) -> dict[str, str]:
+    """Relative file paths in the config, made absolute (the server runs in its run dir)."""
+    props = read_properties(config)
+    base = Path(config).resolve().parent
+    return {
+        key: str(base / props[key])
+        for key in PATH_KEYS
+        if props.get(key) and not Path(props[key]).is_absolute()
+    }
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, str]:
     overrides = {}
     for pair in pairs:
@@ -154,12 +168,18 @@ def start(args: argparse.Namespace) -> int:
             f"no .mar files in {model_store}: build one with scripts/build_mar.py "
             "(or run `make demo`)"
         )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.chmod(0o700)  # key_file.json lands here: only the server's user may read it
     for sub in ("tmp", "logs"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
         (run_dir / sub).mkdir(parents=True)
     (run_dir / KEY_FILE).unlink(missing_ok=True)
 
-    overrides = {"model_store": str(model_store), **parse_overrides(args.set)}
+    overrides = {
+        "model_store": str(model_store),
+        **absolute_paths(args.config),
+        **parse_overrides(args.set),
+    }
     config_path = run_dir / "config.properties"
     config_path.write_text(effective_config(args.config, overrides))
     load_models = read_properties(config_path).get("load_models", "all")
@@ -318,6 +338,37 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def health(args: argparse.Namespace) -> int:
+    """Exit 0 only when the server answers /ping and every model has a READY worker."""
+    run_dir = args.run_dir.resolve()
+    if recorded_pid(run_dir) is None:
+        print(f"unhealthy: no server running from {run_dir}")
+        return 1
+    client = TorchServeClient.from_run_dir(run_dir, timeout=5)
+    if not client.ping():
+        print("unhealthy: /ping did not answer Healthy")
+        return 1
+    ready = client.ready_models()
+    if not ready or min(ready.values()) < 1:
+        print(f"unhealthy: READY workers per model {ready}")
+        return 1
+    print(f"healthy: READY workers per model {ready}")
+    return 0
+
+
+def rotate_token(args: argparse.Namespace) -> int:
+    """Replace the inference or management key (TorchServe rewrites key_file.json)."""
+    client = TorchServeClient.from_run_dir(args.run_dir.resolve())
+    response = client.request(
+        "management", "POST", "/token", params={"type": args.kind}, headers=client.headers("API")
+    )
+    if not response.ok:
+        print(f"error: HTTP {response.status_code}: {response.text.strip()}", file=sys.stderr)
+        return 1
+    print(f"new {args.kind} key written to {args.run_dir / KEY_FILE}")
+    return 0
+
+
 def token(args: argparse.Namespace) -> int:
     tokens = read_tokens(args.run_dir.resolve())
     if args.kind not in tokens:
@@ -367,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     start_cmd.set_defaults(func=start)
     commands.add_parser("stop", help="stop the server and its workers").set_defaults(func=stop)
     commands.add_parser("status", help="models, workers, queues").set_defaults(func=status)
+    commands.add_parser(
+        "health", help="exit 0 when /ping answers and every model has a READY worker"
+    ).set_defaults(func=health)
+    rotate_cmd = commands.add_parser("rotate-token", help="replace a key (uses the API key)")
+    rotate_cmd.add_argument("kind", choices=["inference", "management"])
+    rotate_cmd.set_defaults(func=rotate_token)
     token_cmd = commands.add_parser("token", help="print an API token from the key file")
     token_cmd.add_argument("kind", choices=["inference", "management", "API"])
     token_cmd.set_defaults(func=token)

@@ -112,9 +112,11 @@ class TorchServeClient:
     def request(self, api: str, method: str, path: str, **kwargs: Any) -> requests.Response:
         base = getattr(self.endpoints, api)
         kwargs.setdefault("timeout", self.timeout)
-        headers = {**self.headers(api), **kwargs.pop("headers", {})}
+        explicit = kwargs.pop("headers", {})
+        headers = {**self.headers(api), **explicit}
         response = self.session.request(method, base + path, headers=headers, **kwargs)
-        if response.status_code in (400, 401) and "Token" in response.text and self.run_dir:
+        rejected = response.status_code in (400, 401) and "Token" in response.text
+        if rejected and self.run_dir and "Authorization" not in explicit:
             self._tokens = read_tokens(self.run_dir)  # rotated or regenerated: retry once
             headers.update(self.headers(api))
             response = self.session.request(method, base + path, headers=headers, **kwargs)
