@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Check what `make install` cannot pip-install: Python 3.10+, Java 17+ for TorchServe, and the
-Debian tools the tests start for real (Apache Bench for the load-test cross-check).
+Debian tools the tests start for real (Apache Bench, Redis, nginx).
 
 Standard library only: it runs before the virtual environment exists.
   python3 scripts/check_env.py            # check, explain what is missing, exit 1 if Java is
@@ -21,7 +21,7 @@ MIN_PYTHON = (3, 10)
 MIN_JAVA = 17
 JAVA_PACKAGE = "openjdk-17-jre-headless"
 # command -> Debian package, for tools the tests run for real
-TEST_TOOLS = {"ab": "apache2-utils"}
+TEST_TOOLS = {"ab": "apache2-utils", "redis-server": "redis-server", "nginx": "nginx-light"}
 
 
 class EnvironmentProblem(RuntimeError):

@@ -1,0 +1,346 @@
+"""Production hardening against a running TorchServe: security settings, faults, soak, fuzzing,
+the nginx front and the cache counters. Servers are started here, on loopback, bounded in time."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from handler.decode import decode_image
+from handler.errors import RequestError
+from scripts import loadgen, nginx_front, serve
+from scripts.sample_images import upload_mix
+from scripts.tsclient import free_ports, prometheus_value
+from tests import torchserve
+from tests.helpers import encode, gradient_rgb, real_images
+
+pytestmark = pytest.mark.integration
+GOOD = upload_mix()[0].body
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, exported_small):
+    root = tmp_path_factory.mktemp("hardened")
+    store = root / "store"
+    torchserve.archive(
+        exported_small.out_dir,
+        store,
+        "small",
+        "onnx",
+        "--batch-size",
+        "4",
+        "--max-batch-delay",
+        "5",
+        "--min-workers",
+        "2",
+        "--max-workers",
+        "2",
+    )
+    running = torchserve.start(root / "run", store)
+    yield running
+    running.stop()
+
+
+# ---- security ------------------------------------------------------------------------------
+def test_every_listener_is_on_loopback(server):
+    sockets = [
+        c
+        for c in psutil.Process(server.java_pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert len(sockets) >= 5  # inference, management, metrics, 2x gRPC
+    assert {c.laddr.ip for c in sockets} <= {"127.0.0.1", "::ffff:127.0.0.1"}
+
+
+def test_key_file_is_private(server):
+    assert (server.run_dir / "key_file.json").is_file()
+    assert server.run_dir.stat().st_mode & 0o077 == 0  # nobody but the server's user gets in
+
+
+def test_every_api_refuses_a_missing_or_wrong_token(server):
+    endpoints = server.client.endpoints
+    for url in (
+        f"{endpoints.inference}/predictions/small",
+        f"{endpoints.inference}/ping",
+        f"{endpoints.management}/models",
+        f"{endpoints.management}/models/small",
+    ):
+        for headers in ({}, {"Authorization": "Bearer not-the-key"}):
+            response = requests.get(url, headers=headers, timeout=10)
+            assert response.status_code in (400, 401), (url, headers)
+            assert "Token Authorization failed" in response.text
+
+
+def test_token_rotation(server):
+    old = server.client.headers("inference")
+    assert serve.main(["--run-dir", str(server.run_dir), "rotate-token", "inference"]) == 0
+    url = f"{server.client.endpoints.inference}/predictions/small"
+    stale = requests.post(url, data=GOOD, headers=old, timeout=30)
+    assert stale.status_code in (400, 401)  # the old key is dead at once
+    fresh = server.client.predict("small", GOOD)  # the client re-reads the key file
+    assert fresh.status_code == 200
+
+
+def test_remote_and_outside_urls_cannot_be_registered(tmp_path, exported_small):
+    """With the model API switched on (not the shipped default), allowed_urls still keeps
+    registration to archives in the local model store: no SSRF, no arbitrary local files."""
+    store = tmp_path / "store"
+    torchserve.archive(exported_small.out_dir, store, "small", "onnx")
+    outside = tmp_path / "elsewhere"
+    torchserve.archive(exported_small.out_dir, outside, "evil", "onnx")
+    (decoy,) = free_ports(1)
+    running = torchserve.start(tmp_path / "run", store, "enable_model_api=true")
+    try:
+        for url in (
+            f"http://127.0.0.1:{decoy}/evil.mar",
+            "https://example.com/evil.mar",
+            f"file://{outside / 'evil.mar'}",
+        ):
+            response = running.client.request(
+                "management", "POST", "/models", params={"url": url}, timeout=60
+            )
+            assert response.status_code in (400, 404, 500), (url, response.text)
+            assert "evil" not in running.client.models()
+    finally:
+        running.stop()
+
+
+# ---- faults --------------------------------------------------------------------------------
+def test_killing_a_worker_under_load_costs_only_its_requests(server):
+    client = server.client
+    target = loadgen.Target(
+        f"{client.endpoints.inference}/predictions/small", client.headers("inference")
+    )
+    results = {}
+
+    def load():
+        results["step"] = loadgen.run(
+            loadgen.closed_loop(target, upload_mix()[:2], 8, duration=12, max_requests=5000)
+        )
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(4)
+    victim = client.describe("small")["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    thread.join(60)
+    step = results["step"]
+    failed = step.requests - step.statuses.get("200", 0)
+    assert step.statuses["200"] > 50
+    assert failed <= 8, step.statuses  # at most what was in flight on the dead worker
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        workers = client.describe("small")["workers"]
+        if len(workers) == 2 and all(w["status"] == "READY" for w in workers):
+            break
+        time.sleep(1)
+    recovered = time.monotonic() - deadline + 60
+    pids = {w["pid"] for w in client.describe("small")["workers"]}
+    print(
+        f"\nworker kill under load: {step.requests} requests, {dict(step.statuses)}; "
+        f"2 workers READY again {recovered:.0f}s after the load ended"
+    )
+    assert len(pids) == 2 and victim not in pids  # a fresh worker took its place
+    assert client.predict("small", GOOD).status_code == 200
+
+
+def test_soak_memory_stays_flat(server):
+    """A few thousand requests, one in five malformed: only 200s and 4xx, and the workers'
+    resident memory does not grow (figure printed for the README)."""
+    client = server.client
+    target = loadgen.Target(
+        f"{client.endpoints.inference}/predictions/small", client.headers("inference")
+    )
+    from scripts.loadtest import mixed
+
+    uploads = mixed(upload_mix(), 0.2)
+    loadgen.run(loadgen.closed_loop(target, uploads, 8, duration=60, max_requests=300))
+    pids = [w["pid"] for w in client.describe("small")["workers"]]
+    before = sum(psutil.Process(p).memory_info().rss for p in pids)
+    step = loadgen.run(loadgen.closed_loop(target, uploads, 8, duration=240, max_requests=2000))
+    after = sum(psutil.Process(p).memory_info().rss for p in pids)
+    growth_mib = (after - before) / 2**20
+    print(
+        f"\nsoak: {step.requests} requests in {step.duration_s:.0f}s, {step.statuses}, "
+        f"worker RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB ({growth_mib:+.1f})"
+    )
+    assert step.requests >= 1500
+    assert set(step.statuses) <= {"200", "400", "415"}
+    assert growth_mib < 40
+
+
+# ---- fuzzing -------------------------------------------------------------------------------
+def _seeds() -> list[bytes]:
+    card = gradient_rgb(64, 48)
+    return [
+        encode(card, "PNG"),
+        encode(card, "JPEG"),
+        encode(card, "GIF"),
+        encode(card, "WEBP"),
+        encode(card, "BMP"),
+        real_images()[0].read_bytes()[:4096],
+    ]
+
+
+SEEDS = _seeds()
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """A valid image with bytes flipped, cut, spliced, repeated or zeroed: a fuzzer's input."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        position = rng.randrange(max(1, len(out)))
+        operation = rng.choice(["flip", "cut", "insert", "repeat", "zero"])
+        if operation == "flip" and out:
+            out[position] ^= rng.randint(1, 255)
+        elif operation == "cut":
+            del out[position:]
+        elif operation == "insert":
+            out[position:position] = rng.randbytes(rng.randint(1, 64))
+        elif operation == "repeat":
+            out[position:position] = out[position : position + 64] * rng.randint(1, 8)
+        else:
+            out[position : position + 8] = bytes(8)
+    return bytes(out)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.sampled_from(SEEDS), rng=st.randoms(use_true_random=False))
+def test_fuzz_decode_only_raises_request_errors(seed, rng):
+    data = mutate(seed, rng)
+    try:
+        image = decode_image(data, max_pixels=4_000_000, draft_min_size=64)
+    except RequestError as error:
+        assert 400 <= error.status < 500
+    else:
+        assert image.mode == "RGB" and min(image.size) >= 1
+
+
+def test_fuzz_the_live_endpoint(server):
+    """Fuzzed payloads through HTTP: every answer a 200 or a 4xx with a JSON error, and the
+    workers are the same processes afterwards."""
+    pids = {w["pid"] for w in server.client.describe("small")["workers"]}
+    rng = random.Random(20261122)
+    seen = set()
+    for _ in range(150):
+        response = server.client.predict("small", mutate(rng.choice(SEEDS), rng))
+        seen.add(response.status_code)
+        assert response.status_code == 200 or 400 <= response.status_code < 500, response.text
+        if response.status_code != 200:
+            assert {"code", "type", "message"} <= set(response.json())
+    assert 400 in seen
+    assert {w["pid"] for w in server.client.describe("small")["workers"]} == pids
+
+
+# ---- nginx in front ------------------------------------------------------------------------
+@pytest.mark.skipif(
+    shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
+    reason="nginx missing: make install puts Debian's nginx-light in place",
+)
+def test_nginx_rate_limits_and_proxies_only_inference(server, tmp_path):
+    (port,) = free_ports(1)
+    prefix = tmp_path / "nginx"
+    upstream = server.client.endpoints.inference.split("//")[1]
+    assert (
+        nginx_front.main(
+            [
+                "--prefix",
+                str(prefix),
+                "start",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--upstream",
+                upstream,
+                "--rate",
+                "4",
+                "--burst",
+                "4",
+            ]
+        )
+        == 0
+    )
+    try:
+        front = f"http://127.0.0.1:{port}"
+        headers = server.client.headers("inference")
+        codes = []
+
+        def send():
+            codes.append(
+                requests.post(
+                    f"{front}/predictions/small", data=GOOD, headers=headers, timeout=60
+                ).status_code
+            )
+
+        threads = [threading.Thread(target=send) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert codes.count(200) >= 4 and codes.count(429) >= 8, codes
+        assert set(codes) <= {200, 429}
+        time.sleep(1.5)  # the bucket refills: served again
+        assert (
+            requests.post(
+                f"{front}/predictions/small", data=GOOD, headers=headers, timeout=60
+            ).status_code
+            == 200
+        )
+        for path in ("/models", "/models/small", "/metrics", "/api-description", "/token"):
+            assert requests.get(front + path, headers=headers, timeout=10).status_code == 404
+        big = requests.post(
+            f"{front}/predictions/small", data=b"\xff" * (17 * 2**20), headers=headers, timeout=60
+        )
+        assert big.status_code == 413
+        assert (
+            requests.get(f"{front}/predictions/small", headers=headers, timeout=10).status_code
+            == 403
+        )
+    finally:
+        nginx_front.main(["--prefix", str(prefix), "stop"])
+
+
+# ---- cache counters in Prometheus ----------------------------------------------------------
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server missing")
+def test_cache_hits_and_misses_reach_prometheus(tmp_path, exported_small):
+    from tests.test_cache import RedisServer
+
+    redis = RedisServer(tmp_path)
+    store = tmp_path / "store"
+    torchserve.archive(
+        exported_small.out_dir, store, "cached", "onnx", "--handler-set", f"cache_url={redis.url}"
+    )
+    running = torchserve.start(tmp_path / "run", store)
+    try:
+        for _ in range(3):
+            assert running.client.predict("cached", GOOD).status_code == 200
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = running.client.metrics_text()
+            if prometheus_value(text, "CacheHits", ModelName="small") >= 2:
+                break
+            time.sleep(1)
+        assert prometheus_value(text, "CacheHits", ModelName="small") == 2
+        assert prometheus_value(text, "CacheMisses", ModelName="small") == 1
+        redis.stop()
+        assert running.client.predict("cached", GOOD).status_code == 200  # fails open
+    finally:
+        running.stop()
+        if redis.process.poll() is None:
+            redis.stop()
+
+
+# ---- the container recipe ------------------------------------------------------------------
+def test_health_command_reflects_real_readiness(server, tmp_path, capsys):
+    assert serve.main(["--run-dir", str(server.run_dir), "health"]) == 0
+    assert "healthy" in capsys.readouterr().out
+    assert serve.main(["--run-dir", str(tmp_path), "health"]) == 1
