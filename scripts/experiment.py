@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""The serving-configuration experiment: workers, batchSize/maxBatchDelay, a full queue.
+
+  python scripts/experiment.py                       # the default model, ~15 min on 2 cores
+  python scripts/experiment.py --quick --out /tmp/x  # a couple of minutes
+
+For each configuration it builds a .mar of the export, serves it with the project's
+config.properties on loopback ports, and drives it with the load generator (closed loop):
+  workers   1..N workers (threads split between them) x concurrency: throughput, p50, p99
+  batching  batchSize x maxBatchDelay with one worker, at concurrency 1 and under load
+  queue     a queue of 10 under 64 clients: how fast the overflow is refused, and recovery
+Writes experiment.json, experiment.md and plots to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scripts import build_mar, loadgen, serve
+from scripts.sample_images import upload_mix
+from scripts.tsclient import REPO_ROOT, TorchServeClient, free_ports
+
+DEFAULT_EXPORT = REPO_ROOT / "artifacts" / "export" / "gameart"
+DEFAULT_OUT = REPO_ROOT / "docs" / "experiments" / "serving-config-cpu"
+
+
+@dataclass(frozen=True)
+class Plan:
+    workers: tuple[int, ...]
+    worker_concurrency: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+    delays_ms: tuple[int, ...]
+    batch_concurrency: tuple[int, ...]
+    seconds: float
+    warmup: float
+
+
+FULL = Plan((1, 2, 3, 4), (1, 4, 16, 64), (1, 4, 8, 16), (0, 5, 20, 50), (1, 16), 12.0, 2.0)
+QUICK = Plan((1, 2), (1, 8), (1, 4), (0, 20), (1, 8), 3.0, 1.0)
+
+
+class Server:
+    """A TorchServe on free loopback ports serving one model store, for one section."""
+
+    def __init__(self, store: Path, run_dir: Path, extra: tuple[str, ...] = ()):
+        ports = free_ports(5)
+        settings = [
+            f"inference_address=http://127.0.0.1:{ports[0]}",
+            f"management_address=http://127.0.0.1:{ports[1]}",
+            f"metrics_address=http://127.0.0.1:{ports[2]}",
+            f"grpc_inference_port={ports[3]}",
+            f"grpc_management_port={ports[4]}",
+            *extra,
+        ]
+        argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store), "--timeout", "900"]
+        for setting in settings:
+            argv += ["--set", setting]
+        if serve.main(argv) != 0:
+            raise SystemExit(f"TorchServe did not start; see {run_dir / 'logs'}")
+        self.run_dir = run_dir
+        self.client = TorchServeClient.from_run_dir(run_dir)
+
+    def target(self, model: str) -> loadgen.Target:
+        return loadgen.Target(
+            f"{self.client.endpoints.inference}/predictions/{model}",
+            self.client.headers("inference"),
+        )
+
+    def stop(self) -> None:
+        serve.stop_server(self.run_dir)
+
+
+def archive(export_dir: Path, store: Path, name: str, *flags: str) -> None:
+    argv = [
+        "--export-dir",
+        str(export_dir),
+        "--name",
+        name,
+        "--backend",
+        "onnx",
+        "--model-store",
+        str(store),
+        *flags,
+    ]
+    if build_mar.main(argv) != 0:
+        raise SystemExit(f"could not archive {name}")
+
+
+def measure(server: Server, model: str, concurrency: int, plan: Plan, **labels) -> dict:
+    uploads = upload_mix()
+    target = server.target(model)
+    loadgen.run(
+        loadgen.closed_loop(target, uploads, concurrency, duration=plan.warmup, max_requests=10**6)
+    )
+    result = loadgen.run(
+        loadgen.closed_loop(target, uploads, concurrency, duration=plan.seconds, max_requests=10**6)
+    )
+    row = {**labels, "concurrency": concurrency, **result.summary()}
+    print(
+        f"  {labels} c={concurrency:3d}: {row['throughput_rps']:7.1f} img/s  p50 "
+        f"{row['p50_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms  {row['statuses']}",
+        flush=True,
+    )
+    return row
+
+
+def workers_section(export_dir: Path, workdir: Path, plan: Plan) -> list[dict]:
+    store = workdir / "workers_store"
+    for n in plan.workers:
+        archive(
+            export_dir,
+            store,
+            f"workers_{n}",
+            "--min-workers",
+            str(n),
+            "--max-workers",
+            str(n),
+            "--batch-size",
+            "8",
+            "--max-batch-delay",
+            "5",
+        )
+    server = Server(store, workdir / "workers_run", ("job_queue_size=1024",))
+    try:
+        return [
+            measure(server, f"workers_{n}", c, plan, workers=n)
+            for n in plan.workers
+            for c in plan.worker_concurrency
+        ]
+    finally:
+        server.stop()
+
+
+def batching_section(export_dir: Path, workdir: Path, plan: Plan) -> list[dict]:
+    store = workdir / "batching_store"
+    configs = [(1, 0)] + [(b, d) for b in plan.batch_sizes if b > 1 for d in plan.delays_ms]
+    for batch, delay in configs:
+        archive(
+            export_dir,
+            store,
+            f"batch_{batch}_delay_{delay}",
+            "--batch-size",
+            str(batch),
+            "--max-batch-delay",
+            str(delay),
+        )
+    server = Server(store, workdir / "batching_run", ("job_queue_size=1024",))
+    try:
+        return [
+            measure(server, f"batch_{b}_delay_{d}", c, plan, batch_size=b, delay_ms=d)
+            for b, d in configs
+            for c in plan.batch_concurrency
+        ]
+    finally:
+        server.stop()
+
+
+def queue_section(export_dir: Path, workdir: Path, plan: Plan) -> dict:
+    store = workdir / "queue_store"
+    archive(export_dir, store, "small_queue", "--batch-size", "1", "--job-queue-size", "10")
+    server = Server(store, workdir / "queue_run")
+    try:
+        target = server.target("small_queue")
+        uploads = upload_mix()
+        overload = loadgen.run(
+            loadgen.closed_loop(target, uploads, 64, duration=plan.seconds, max_requests=10**6)
+        )
+        after = loadgen.run(
+            loadgen.closed_loop(target, uploads, 1, duration=plan.seconds / 2, max_requests=10**6)
+        )
+    finally:
+        server.stop()
+    result = {
+        "overload": overload.summary(),
+        "p50_ms_503": round(overload.percentile(50, "503"), 2),
+        "p99_ms_503": round(overload.percentile(99, "503"), 2),
+        "p50_ms_200": round(overload.percentile(50, "200"), 2),
+        "after": after.summary(),
+    }
+    print(
+        f"  queue of 10 under 64 clients: {result['overload']['statuses']}, 503 answered in "
+        f"p50 {result['p50_ms_503']} / p99 {result['p99_ms_503']} ms (200s: p50 "
+        f"{result['p50_ms_200']} ms); afterwards {result['after']['statuses']}",
+        flush=True,
+    )
+    return result
+
+
+# ---- report --------------------------------------------------------------------------------
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Serving configuration experiment: {report['model']}",
+        "",
+        f"- machine: {report['machine']}",
+        f"- date: {report['date']}",
+        f"- load: closed loop, upload mix {report['uploads']}, {report['seconds']} s per "
+        "step after warm-up; backend ONNX Runtime fp32",
+        "",
+    ]
+    if report["workers"]:
+        concurrencies = sorted({r["concurrency"] for r in report["workers"]})
+        lines += [
+            "## Workers (batchSize 8, maxBatchDelay 5 ms): images/s, p99 ms",
+            "",
+            "| workers | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
+            "|---|" + "---|" * len(concurrencies),
+        ]
+        for n in sorted({r["workers"] for r in report["workers"]}):
+            cells = [
+                next(
+                    f"{r['throughput_rps']:.1f}, {r['p99_ms']:.0f}"
+                    for r in report["workers"]
+                    if r["workers"] == n and r["concurrency"] == c
+                )
+                for c in concurrencies
+            ]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    if report["batching"]:
+        concurrencies = sorted({r["concurrency"] for r in report["batching"]})
+        lines += [
+            "",
+            "## batchSize x maxBatchDelay, one worker: images/s, p50 / p99 ms",
+            "",
+            "| batchSize | maxBatchDelay | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
+            "|---|---|" + "---|" * len(concurrencies),
+        ]
+        for b, d in dict.fromkeys((r["batch_size"], r["delay_ms"]) for r in report["batching"]):
+            cells = [
+                next(
+                    f"{r['throughput_rps']:.1f}, {r['p50_ms']:.0f} / {r['p99_ms']:.0f}"
+                    for r in report["batching"]
+                    if (r["batch_size"], r["delay_ms"], r["concurrency"]) == (b, d, c)
+                )
+                for c in concurrencies
+            ]
+            lines.append(f"| {b} | {d} ms | " + " | ".join(cells) + " |")
+    if report["queue"]:
+        q = report["queue"]
+        lines += [
+            "",
+            "## A full queue",
+            "",
+            f"A model with jobQueueSize 10 and one worker under 64 closed-loop clients for "
+            f"{report['seconds']} s: {q['overload']['statuses']}. Refusals came back in "
+            f"p50 {q['p50_ms_503']} ms / p99 {q['p99_ms_503']} ms, served requests in p50 "
+            f"{q['p50_ms_200']} ms. One client afterwards: {q['after']['statuses']}, "
+            f"p50 {q['after']['p50_ms']} ms.",
+        ]
+    lines += ["", "![workers](workers.png)", "![batching](batching.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if report["workers"]:
+        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+        for n in sorted({r["workers"] for r in report["workers"]}):
+            rows = sorted(
+                (r for r in report["workers"] if r["workers"] == n), key=lambda r: r["concurrency"]
+            )
+            x = [r["concurrency"] for r in rows]
+            left.plot(x, [r["throughput_rps"] for r in rows], marker="o", label=f"{n} workers")
+            right.plot(x, [r["p99_ms"] for r in rows], marker="o", label=f"{n} workers")
+        left.set(
+            xscale="log",
+            xlabel="concurrent clients",
+            ylabel="images / s",
+            title="throughput by worker count",
+        )
+        right.set(
+            xscale="log",
+            yscale="log",
+            xlabel="concurrent clients",
+            ylabel="p99 (ms)",
+            title="p99 latency by worker count",
+        )
+        for axis in (left, right):
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(out / "workers.png")
+        plt.close(figure)
+    if report["batching"]:
+        low, high = (
+            min(r["concurrency"] for r in report["batching"]),
+            max(r["concurrency"] for r in report["batching"]),
+        )
+        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+        for b in sorted({r["batch_size"] for r in report["batching"]}):
+            rows = sorted(
+                (r for r in report["batching"] if r["batch_size"] == b), key=lambda r: r["delay_ms"]
+            )
+            at_low = [r for r in rows if r["concurrency"] == low]
+            at_high = [r for r in rows if r["concurrency"] == high]
+            left.plot(
+                [r["delay_ms"] for r in at_low],
+                [r["p50_ms"] for r in at_low],
+                marker="o",
+                label=f"batchSize {b}",
+            )
+            right.plot(
+                [r["delay_ms"] for r in at_high],
+                [r["throughput_rps"] for r in at_high],
+                marker="o",
+                label=f"batchSize {b}",
+            )
+        left.set(
+            xlabel="maxBatchDelay (ms)", ylabel="p50 (ms)", title=f"latency at concurrency {low}"
+        )
+        right.set(
+            xlabel="maxBatchDelay (ms)",
+            ylabel="images / s",
+            title=f"throughput at concurrency {high}",
+        )
+        for axis in (left, right):
+            axis.grid(True, alpha=0.3)
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(out / "batching.png")
+        plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--export-dir",
+        type=Path,
+        default=DEFAULT_EXPORT,
+        help="the export to serve (default: the demo's model)",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["workers", "batching", "queue"],
+        choices=["workers", "batching", "queue"],
+    )
+    args = parser.parse_args(argv)
+    if not (args.export_dir / "model_meta.json").is_file():
+        print(f"error: no export in {args.export_dir}; run `make demo` first", file=sys.stderr)
+        return 1
+    plan = QUICK if args.quick else FULL
+    import platform
+
+    report: dict[str, Any] = {
+        "model": args.export_dir.name,
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "uploads": [u.name for u in upload_mix()],
+        "seconds": plan.seconds,
+        "workers": [],
+        "batching": [],
+        "queue": {},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="experiment_") as tmp:
+        workdir = Path(tmp)
+        if "workers" in args.sections:
+            print("== workers", flush=True)
+            report["workers"] = workers_section(args.export_dir, workdir, plan)
+        if "batching" in args.sections:
+            print("== batchSize x maxBatchDelay", flush=True)
+            report["batching"] = batching_section(args.export_dir, workdir, plan)
+        if "queue" in args.sections:
+            print("== a full queue", flush=True)
+            report["queue"] = queue_section(args.export_dir, workdir, plan)
+        shutil.rmtree(workdir, ignore_errors=True)
+    (args.out / "experiment.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "experiment.md").write_text(markdown(report))
+    plots(report, args.out)
+    print(f"wrote {args.out / 'experiment.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
