@@ -148,32 +148,43 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_cell(run: Callable[[], Any], device: torch.device, plan: Plan, batch: int) -> dict:
-    """Warm up, then time iterations until both min_time and min_iters are met (or the cell's
-    time cap); latency percentiles over iterations, throughput over the whole timed run."""
-    for _ in range(3):
-        run()
+def time_cells(
+    runs: dict[str, Callable[[], Any]], device: torch.device, plan: Plan, batch: int
+) -> dict[str, dict]:
+    """Time several variants of one batch size round-robin, one iteration each per round, so a
+    burst of noise from a shared machine hits them all alike and their ratios stay honest.
+    Each variant runs until it has min_time and min_iters (or the cell's cap, >= 3 iterations);
+    latency percentiles over its iterations, throughput over its summed time."""
+    for run in runs.values():
+        for _ in range(3):
+            run()
     synchronize(device)
-    times: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in runs}
     started = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        run()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - started
-        enough = elapsed >= plan.min_time and len(times) >= plan.min_iters
-        if enough or (elapsed >= plan.max_cell_time and len(times) >= 3):
-            break
-    ms = np.array(times) * 1e3
-    return {
-        "batch": batch,
-        "iterations": len(times),
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p95_ms": round(float(np.percentile(ms, 95)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        "images_per_s": round(batch * len(times) / sum(times), 2),
-    }
+    active = set(runs)
+    while active:
+        for name in list(active):
+            t0 = time.perf_counter()
+            runs[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+            spent, count = sum(times[name]), len(times[name])
+            done = spent >= plan.min_time and count >= plan.min_iters
+            capped = time.perf_counter() - started >= plan.max_cell_time * len(runs)
+            if done or (capped and count >= 3):
+                active.discard(name)
+    cells = {}
+    for name, values in times.items():
+        ms = np.array(values) * 1e3
+        cells[name] = {
+            "batch": batch,
+            "iterations": len(values),
+            "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "images_per_s": round(batch * len(values) / sum(values), 2),
+        }
+    return cells
 
 
 @dataclass
@@ -325,49 +336,53 @@ def bench_model(subject: Subject, devices: list[str], plan: Plan, threads: int) 
     for device_name in devices:
         device = torch.device(device_name)
         batches = plan.cpu_batches if device.type == "cpu" else plan.gpu_batches
+        built: dict[str, tuple[Variant, Callable]] = {}
         for variant in variants(subject, device_name, threads):
+            labels = {
+                "device": device_name,
+                "backend": variant.backend,
+                "precision": variant.precision,
+                "variant": variant.label,
+            }
             try:
-                run = variant.build(device)
+                built[variant.label] = (variant, variant.build(device))
             except Exception as exc:  # a backend that cannot run here is reported, not fatal
                 print(f"  {device_name} {variant.label}: unavailable ({exc})")
-                rows.append(
-                    {
-                        "device": device_name,
-                        "backend": variant.backend,
-                        "precision": variant.precision,
-                        "variant": variant.label,
-                        "unavailable": str(exc)[:200],
-                    }
-                )
-                continue
-            for batch in batches:
+                rows.append({**labels, "unavailable": str(exc)[:200]})
+        for batch in batches:
+            runs = {}
+            for label, (variant, run) in list(built.items()):
                 dtype = torch.float16 if variant.precision == "fp16" else torch.float32
                 x = torch.randn(batch, 3, size, size, device=device).to(dtype)
                 if variant.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 try:
-                    cell = time_cell(functools.partial(run, x), device, plan, batch)
-                except Exception as exc:
-                    print(f"  {device_name} {variant.label} batch {batch}: failed ({exc})")
-                    break
+                    run(x)
+                except Exception as exc:  # e.g. out of memory at this batch size
+                    print(f"  {device_name} {label} batch {batch}: failed ({exc})")
+                    del built[label]
+                    continue
+                runs[label] = functools.partial(run, x)
+            for label, cell in time_cells(runs, device, plan, batch).items():
+                variant = built[label][0]
                 rows.append(
                     {
                         "device": device_name,
                         "backend": variant.backend,
                         "precision": variant.precision,
-                        "variant": variant.label,
+                        "variant": label,
                         **cell,
                     }
                 )
                 print(
-                    f"  {device_name:4s} {variant.label:30s} batch {batch:4d}: "
-                    f"p50 {cell['p50_ms']:9.2f} ms  p99 {cell['p99_ms']:9.2f} ms  "
+                    f"  {device_name:4s} {label:30s} batch {batch:4d}: p50 "
+                    f"{cell['p50_ms']:9.2f} ms  p99 {cell['p99_ms']:9.2f} ms  "
                     f"{cell['images_per_s']:9.1f} img/s",
                     flush=True,
                 )
-            run = None  # free the model before the next variant
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        built.clear()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return rows
 
 
