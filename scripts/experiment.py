@@ -15,6 +15,7 @@ Writes experiment.json, experiment.md and plots to --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -79,14 +80,18 @@ class Server:
         serve.stop_server(self.run_dir)
 
 
+# How every model of the experiment is archived: ONNX Runtime on CPU workers (the shipped
+# default), or with --gpu TorchScript on GPU workers (fp16 where the export has it).
+ARCHIVE_FLAGS: list[str] = ["--backend", "onnx"]
+
+
 def archive(export_dir: Path, store: Path, name: str, *flags: str) -> None:
     argv = [
         "--export-dir",
         str(export_dir),
         "--name",
         name,
-        "--backend",
-        "onnx",
+        *ARCHIVE_FLAGS,
         "--model-store",
         str(store),
         *flags,
@@ -203,7 +208,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- machine: {report['machine']}",
         f"- date: {report['date']}",
         f"- load: closed loop, upload mix {report['uploads']}, {report['seconds']} s per "
-        "step after warm-up; backend ONNX Runtime fp32",
+        f"step after warm-up; archived with `{report.get('serving', '--backend onnx')}`",
         "",
     ]
     if report["workers"]:
@@ -333,6 +338,14 @@ def plots(report: dict[str, Any], out: Path) -> None:
         plt.close(figure)
 
 
+def gpu_name() -> str:
+    import subprocess
+
+    query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+    answer = subprocess.run(query, capture_output=True, text=True, check=False)
+    return answer.stdout.strip().replace(", ", " driver ") or "GPU (unnamed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -351,20 +364,49 @@ def main(argv: list[str] | None = None) -> int:
         default=["workers", "batching", "queue"],
         choices=["workers", "batching", "queue"],
     )
+    parser.add_argument(
+        "--gpu", action="store_true", help="GPU workers, TorchScript (fp16 where exported)"
+    )
+    parser.add_argument("--workers", help="comma-separated worker counts (default: 1,2,3,4)")
+    parser.add_argument(
+        "--concurrency", help="comma-separated client counts of the workers section"
+    )
+    parser.add_argument(
+        "--batch-sizes", help="comma-separated batchSize values (default: 1,4,8,16)"
+    )
+    parser.add_argument("--delays", help="comma-separated maxBatchDelay ms (default: 0,5,20,50)")
+    parser.add_argument("--seconds", type=float, help="timed seconds per step (default: 12)")
     args = parser.parse_args(argv)
     if not (args.export_dir / "model_meta.json").is_file():
         print(f"error: no export in {args.export_dir}; run `make demo` first", file=sys.stderr)
         return 1
     plan = QUICK if args.quick else FULL
+    if args.workers:
+        plan = dataclasses.replace(plan, workers=tuple(int(n) for n in args.workers.split(",")))
+    if args.concurrency:
+        counts = tuple(int(n) for n in args.concurrency.split(","))
+        plan = dataclasses.replace(plan, worker_concurrency=counts)
+    if args.batch_sizes:
+        sizes = tuple(int(n) for n in args.batch_sizes.split(","))
+        plan = dataclasses.replace(plan, batch_sizes=sizes)
+    if args.delays:
+        plan = dataclasses.replace(plan, delays_ms=tuple(int(n) for n in args.delays.split(",")))
+    if args.seconds:
+        plan = dataclasses.replace(plan, seconds=args.seconds)
+    if args.gpu:
+        meta = json.loads((args.export_dir / "model_meta.json").read_text())
+        precision = "fp16" if "torchscript/fp16" in meta["files"] else "fp32"
+        ARCHIVE_FLAGS[:] = ["--backend", "torchscript", "--precision", precision, "--device", "gpu"]
     import platform
 
     report: dict[str, Any] = {
         "model": args.export_dir.name,
         "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores",
+        f"{len(os.sched_getaffinity(0))} cores" + (f", {gpu_name()}" if args.gpu else ""),
         "date": time.strftime("%Y-%m-%d"),
         "uploads": [u.name for u in upload_mix()],
         "seconds": plan.seconds,
+        "serving": " ".join(ARCHIVE_FLAGS),
         "workers": [],
         "batching": [],
         "queue": {},
