@@ -14,6 +14,7 @@ depend on their values, only on the architecture.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -71,6 +72,16 @@ FULL = Plan(
     3.0,
 )
 QUICK = Plan((1, 8), (1, 8, 64), 0.3, 5, 3.0, 5, (1, 8), 3.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """TorchServe settings shared by our models and the stock one in the end-to-end runs."""
+
+    workers: int = 1
+    batch_size: int = 8  # batching on; off is batchSize 1
+    max_batch_delay: int = 5  # ms
+    gpu: bool = False  # deviceType gpu for our models (the stock one takes the GPU by itself)
 
 
 # ---- the subject ---------------------------------------------------------------------------
@@ -194,6 +205,7 @@ class Variant:
     precision: str
     channels_last: bool = False
     build: Callable[[torch.device], Callable[[torch.Tensor], Any]] = field(repr=False, default=None)
+    batches: tuple[int, ...] | None = None  # only these batch sizes (None: all of the plan's)
 
     @property
     def label(self) -> str:
@@ -263,9 +275,14 @@ def cuda_graph_runner(subject: Subject):
 
 
 def compiled_runner(subject: Subject):
+    """Inductor, default mode: max-autotune takes minutes per batch shape on a lease."""
+
     def build(device: torch.device):
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = 64  # one graph per batch shape, never eager
         model = subject.eager().to(device).half().to(memory_format=torch.channels_last)
-        compiled = torch.compile(model, mode="max-autotune-no-cudagraphs", dynamic=False)
+        compiled = torch.compile(model, dynamic=False)
 
         def run(x: torch.Tensor):
             with torch.inference_mode():
@@ -274,6 +291,9 @@ def compiled_runner(subject: Subject):
         return run
 
     return build
+
+
+COMPILED_BATCHES = (1, 8, 64, 256)  # torch.compile recompiles per shape: a few, not all
 
 
 def variants(subject: Subject, device: str, threads: int) -> list[Variant]:
@@ -313,7 +333,7 @@ def variants(subject: Subject, device: str, threads: int) -> list[Variant]:
         ),
         Variant("cuda", "onnxruntime", "fp32", build=file_runner(subject, "onnx", "fp32", threads)),
         Variant("cuda", "cuda-graph", "fp16", True, cuda_graph_runner(subject)),
-        Variant("cuda", "torch.compile", "fp16", True, compiled_runner(subject)),
+        Variant("cuda", "torch.compile", "fp16", True, compiled_runner(subject), COMPILED_BATCHES),
     ]
     if "torchscript/fp16" in subject.meta.files:
         rows += [
@@ -352,6 +372,8 @@ def bench_model(subject: Subject, devices: list[str], plan: Plan, threads: int) 
         for batch in batches:
             runs = {}
             for label, (variant, run) in list(built.items()):
+                if variant.batches and batch not in variant.batches:
+                    continue
                 dtype = torch.float16 if variant.precision == "fp16" else torch.float32
                 x = torch.randn(batch, 3, size, size, device=device).to(dtype)
                 if variant.channels_last:
@@ -507,7 +529,7 @@ class StockModel(nn.Module):
 
 
 def archive_stock(
-    subject: Subject, store: Path, name: str, batch: int, delay: int, staging: Path
+    subject: Subject, store: Path, name: str, batch: int, delay: int, workers: int, staging: Path
 ) -> None:
     """The stock image_classifier handler serving the same weights as an eager model."""
     staging.mkdir(parents=True, exist_ok=True)
@@ -519,12 +541,13 @@ def archive_stock(
     mapping = {str(i): n for i, n in enumerate(subject.meta.class_names)}
     (staging / "index_to_name.json").write_text(json.dumps(mapping))
     (staging / "model-config.yaml").write_text(
-        f"minWorkers: 1\nmaxWorkers: 1\nbatchSize: {batch}\nmaxBatchDelay: {delay}\n"
+        f"minWorkers: {workers}\nmaxWorkers: {workers}\nbatchSize: {batch}\n"
+        f"maxBatchDelay: {delay}\n"
         "responseTimeout: 120\n"
     )
     env = {**os.environ, "TMPDIR": str(staging)}
     command = [
-        str(Path(sys.executable).parent / "torch-model-archiver"),
+        build_mar.archiver_command(),
         "--model-name",
         name,
         "--version",
@@ -546,8 +569,10 @@ def archive_stock(
     subprocess.run(command, check=True, capture_output=True, env=env)
 
 
-def bench_e2e(subject: Subject, backend: str, plan: Plan, workdir: Path) -> tuple[list[dict], str]:
-    """One TorchServe, our handler and the stock one, batching on and off, 1 worker each."""
+def bench_e2e(
+    subject: Subject, backend: str, plan: Plan, serving: Serving, workdir: Path
+) -> tuple[list[dict], str]:
+    """One TorchServe, our handler and the stock one, batching on and off, same workers each."""
     store = workdir / "e2e_model_store"
     shutil.rmtree(store, ignore_errors=True)
     store.mkdir(parents=True)
@@ -568,21 +593,32 @@ def bench_e2e(subject: Subject, backend: str, plan: Plan, workdir: Path) -> tupl
             str(batch),
             "--max-batch-delay",
             str(delay),
+            "--min-workers",
+            str(serving.workers),
+            "--max-workers",
+            str(serving.workers),
+            "--device",
+            "gpu" if serving.gpu else "cpu",
             "--model-store",
             str(store),
         ]
         if build_mar.main(argv) != 0:
             raise SystemExit(f"could not archive {name}")
 
-    for batching, (batch, delay) in {"on": (8, 5), "off": (1, 0)}.items():
+    on = (serving.batch_size, serving.max_batch_delay)
+    for batching, (batch, delay) in {"on": on, "off": (1, 0)}.items():
         archive_ours(f"ours_batching_{batching}", "fp32", batch, delay)
         models[f"ours_batching_{batching}"] = ("ours", batching)
         if not stock_note:
             name = f"stock_batching_{batching}"
-            archive_stock(subject, store, name, batch, delay, workdir / "stock" / batching)
+            staging = workdir / "stock" / batching
+            archive_stock(subject, store, name, batch, delay, serving.workers, staging)
             models[name] = ("stock", batching)
-    if backend == "onnx" and "onnx/int8" in subject.meta.files:
-        archive_ours("ours_int8_batching_on", "int8", 8, 5)
+    if serving.gpu and f"{backend}/fp16" in subject.meta.files:
+        archive_ours("ours_fp16_batching_on", "fp16", *on)
+        models["ours_fp16_batching_on"] = ("ours fp16", "on")
+    elif not serving.gpu and backend == "onnx" and "onnx/int8" in subject.meta.files:
+        archive_ours("ours_int8_batching_on", "int8", *on)
         models["ours_int8_batching_on"] = ("ours int8", "on")
     run_dir = workdir / "e2e_run"
     ports = free_ports(5)
@@ -592,8 +628,8 @@ def bench_e2e(subject: Subject, backend: str, plan: Plan, workdir: Path) -> tupl
         f"metrics_address=http://127.0.0.1:{ports[2]}",
         f"grpc_inference_port={ports[3]}",
         f"grpc_management_port={ports[4]}",
-        "job_queue_size=1024",
-    ]  # a queue deep enough for concurrency 128: no 503s
+        f"job_queue_size={max(1024, 4 * max(plan.concurrencies))}",
+    ]  # a queue deep enough for the highest concurrency: no 503s
     argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store), "--timeout", "600"]
     for setting in settings:
         argv += ["--set", setting]
@@ -698,13 +734,20 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+HANDLER_ROWS = ("ours", "ours int8", "ours fp16", "stock")
+
+
 def best(rows: list[dict], **where) -> dict | None:
     matching = [r for r in rows if "p50_ms" in r and all(r.get(k) == v for k, v in where.items())]
     return min(matching, key=lambda r: r["p50_ms"]) if matching else None
 
 
 def goals(
-    model_rows: list[dict], pre_rows: list[dict], e2e_rows: list[dict], served_backend: str
+    model_rows: list[dict],
+    pre_rows: list[dict],
+    e2e_rows: list[dict],
+    served_backend: str,
+    e2e_on_gpu: bool = False,
 ) -> dict[str, Any]:
     """The issue's benchmark goals, computed from this run's numbers only."""
     out: dict[str, Any] = {}
@@ -742,7 +785,11 @@ def goals(
 
     for concurrency in sorted({r["concurrency"] for r in e2e_rows}):
         stock = e2e_row("stock", concurrency)
-        for handler, key in (("ours", "ours"), ("ours int8", "ours_int8")):
+        for handler, key in (
+            ("ours", "ours"),
+            ("ours int8", "ours_int8"),
+            ("ours fp16", "ours_fp16"),
+        ):
             ours = e2e_row(handler, concurrency)
             if ours and stock and stock["throughput_rps"]:
                 out[f"e2e_c{concurrency}_{key}_over_stock"] = {
@@ -750,6 +797,14 @@ def goals(
                     "p99_ratio": round(ours["p99_ms"] / stock["p99_ms"], 2),
                     "goal": ">= 2x throughput, p99 no worse" if concurrency == 8 else "(reported)",
                 }
+    if e2e_on_gpu and e2e_rows:
+        peak = max(e2e_rows, key=lambda r: r["throughput_rps"])
+        out["gpu_e2e_peak_images_per_s"] = {
+            "value": peak["throughput_rps"],
+            "goal": ">= 2000 (JPEG, HTTP)",
+            "detail": f"{peak['handler']} batching {peak['batching']}, "
+            f"concurrency {peak['concurrency']}, p99 {peak['p99_ms']} ms",
+        }
     gpu = [r for r in model_rows if r.get("device") == "cuda" and "p50_ms" in r]
     cpu = [r for r in model_rows if r.get("device") == "cpu" and "p50_ms" in r]
     if gpu:
@@ -848,19 +903,23 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
 
     if result["e2e"]:
+        plan = result["plan"]
+        serving = plan.get("serving", dataclasses.asdict(Serving()))
         concurrencies = sorted({r["concurrency"] for r in result["e2e"]})
         lines += [
             "",
             "## End to end through TorchServe: images/s, p50 / p99 ms",
             "",
             f"Closed loop, JPEG mix (600x800 cover + 1080p screenshot), "
-            f"{result['plan']['e2e_seconds']} s per step after warm-up, 1 worker per model, "
-            "batching on = batchSize 8 + maxBatchDelay 5 ms, off = batchSize 1.",
+            f"{plan['e2e_seconds']} s per step after warm-up, {serving['workers']} worker(s) "
+            f"per model on the {'GPU' if serving['gpu'] else 'CPU'}, batching on = batchSize "
+            f"{serving['batch_size']} + maxBatchDelay {serving['max_batch_delay']} ms, "
+            "off = batchSize 1.",
             "",
             "| handler | batching | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
             "|---|---|" + "---|" * len(concurrencies),
         ]
-        for handler in ("ours", "ours int8", "stock"):
+        for handler in HANDLER_ROWS:
             for batching in ("on", "off"):
                 cells = []
                 for c in concurrencies:
@@ -882,11 +941,12 @@ def markdown(result: dict[str, Any]) -> str:
                     lines.append(f"| {handler} | {batching} | " + " | ".join(cells) + " |")
     if result.get("stock_note"):
         lines += ["", f"Stock handler not measured: {result['stock_note']}."]
-    lines += [
-        "",
-        "![latency vs batch](model_latency_vs_batch.png)",
-        "![throughput vs batch](model_throughput_vs_batch.png)",
-    ]
+    if model_rows:
+        lines += [
+            "",
+            "![latency vs batch](model_latency_vs_batch.png)",
+            "![throughput vs batch](model_throughput_vs_batch.png)",
+        ]
     if result["e2e"]:
         lines.append("![end to end](e2e_vs_concurrency.png)")
     return "\n".join(lines) + "\n"
@@ -901,8 +961,12 @@ def plots(result: dict[str, Any], out: Path) -> None:
     rows = [r for r in result["model"] if "p50_ms" in r]
     devices = sorted({r["device"] for r in rows})
     for metric, name, label in (
-        ("p50_ms", "model_latency_vs_batch.png", "p50 latency (ms)"),
-        ("images_per_s", "model_throughput_vs_batch.png", "images / s"),
+        ()
+        if not devices
+        else (
+            ("p50_ms", "model_latency_vs_batch.png", "p50 latency (ms)"),
+            ("images_per_s", "model_throughput_vs_batch.png", "images / s"),
+        )
     ):
         figure, axes = plt.subplots(
             1, len(devices), figsize=(6 * len(devices), 4.5), dpi=100, squeeze=False
@@ -929,7 +993,7 @@ def plots(result: dict[str, Any], out: Path) -> None:
         plt.close(figure)
     if result["e2e"]:
         figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-        for handler in ("ours", "ours int8", "stock"):
+        for handler in HANDLER_ROWS:
             for batching in ("on", "off"):
                 points = sorted(
                     (r["concurrency"], r["throughput_rps"], r["p99_ms"])
@@ -987,6 +1051,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="backend of our .mar in the end-to-end runs; auto "
         "picks the faster one at batch 8 on CPU",
     )
+    parser.add_argument(
+        "--cell-seconds", type=float, help="timed seconds per model cell (default: 2; quick: 0.3)"
+    )
+    serving = parser.add_argument_group("end to end")
+    serving.add_argument("--workers", type=int, default=1, help="workers per model (default: 1)")
+    serving.add_argument("--batch-size", type=int, default=8, help="batchSize with batching on")
+    serving.add_argument("--max-batch-delay", type=int, default=5, help="ms, with batching on")
+    serving.add_argument(
+        "--concurrency", help="comma-separated client counts (default: 1,8,32,128; quick: 1,8)"
+    )
+    serving.add_argument("--e2e-seconds", type=float, help="timed seconds per step (default: 15)")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="an earlier results.json of the same subject: sections skipped now are taken from "
+        "it (to measure model and end-to-end in separate runs, e.g. on a GPU lease)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1010,6 +1091,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()  # as our handler does in its workers; see handler/allocator.py
     plan = QUICK if args.quick else FULL
+    if args.concurrency:
+        plan = dataclasses.replace(
+            plan, concurrencies=tuple(int(c) for c in args.concurrency.split(","))
+        )
+    if args.cell_seconds:
+        plan = dataclasses.replace(plan, min_time=args.cell_seconds)
+    if args.e2e_seconds:
+        plan = dataclasses.replace(plan, e2e_seconds=args.e2e_seconds)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if args.devices != "auto":
         devices = [d for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
@@ -1038,6 +1127,13 @@ def main(argv: list[str] | None = None) -> int:
         "e2e": [],
         "stock_note": "",
     }
+    earlier = json.loads(args.reuse.read_text()) if args.reuse else {}
+    for section in args.skip:
+        if section in earlier:
+            result[section] = earlier[section]
+            if section == "e2e":
+                result["stock_note"] = earlier.get("stock_note", "")
+                result["plan"]["serving"] = earlier["plan"].get("serving")
     if "model" not in args.skip:
         print("== model only", flush=True)
         result["model"] = bench_model(subject, devices, plan, threads)
@@ -1047,10 +1143,18 @@ def main(argv: list[str] | None = None) -> int:
     backend = pick_backend(result["model"], args.served_backend)
     result["plan"]["served_backend"] = backend
     if "e2e" not in args.skip:
-        print(f"== end to end through TorchServe (our .mar runs {backend})", flush=True)
+        serving = Serving(args.workers, args.batch_size, args.max_batch_delay, "cuda" in devices)
+        result["plan"]["serving"] = dataclasses.asdict(serving)
+        where = "GPU" if serving.gpu else "CPU"
+        print(f"== end to end through TorchServe (our .mar runs {backend} on {where})", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
-            result["e2e"], result["stock_note"] = bench_e2e(subject, backend, plan, Path(tmp))
-    result["goals"] = goals(result["model"], result["preprocess"], result["e2e"], backend)
+            result["e2e"], result["stock_note"] = bench_e2e(
+                subject, backend, plan, serving, Path(tmp)
+            )
+    e2e_on_gpu = bool((result["plan"].get("serving") or {}).get("gpu"))
+    result["goals"] = goals(
+        result["model"], result["preprocess"], result["e2e"], backend, e2e_on_gpu
+    )
     result["seconds"] = round(time.monotonic() - started, 1)
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "results.md").write_text(markdown(result))
