@@ -30,7 +30,6 @@ class HandlerConfig:
     cache_url: str = ""
     cache_ttl_s: int = 86_400
     cache_timeout_ms: int = 50
-    cuda_graphs: bool = False  # reserved for GPU experiments; off by default
 
     @classmethod
     def from_yaml(cls, section: dict[str, Any] | None) -> HandlerConfig:

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="deviceType: gpu workers get a GPU id from TorchServe",
     )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-delay", type=int, default=10, help="milliseconds")
+    parser.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
     parser.add_argument("--min-workers", type=int, default=1)
     parser.add_argument("--max-workers", type=int, default=1)
     parser.add_argument("--response-timeout", type=int, default=60, help="seconds")
