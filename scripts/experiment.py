@@ -80,18 +80,22 @@ class Server:
         serve.stop_server(self.run_dir)
 
 
-# How every model of the experiment is archived: ONNX Runtime on CPU workers (the shipped
-# default), or with --gpu TorchScript on GPU workers (fp16 where the export has it).
-ARCHIVE_FLAGS: list[str] = ["--backend", "onnx"]
+@dataclass(frozen=True)
+class Served:
+    """The export under test and how every archive of it is built: ONNX Runtime on CPU workers
+    (the shipped default), or with --gpu TorchScript on GPU workers (fp16 where exported)."""
+
+    export_dir: Path
+    flags: tuple[str, ...] = ("--backend", "onnx")
 
 
-def archive(export_dir: Path, store: Path, name: str, *flags: str) -> None:
+def archive(served: Served, store: Path, name: str, *flags: str) -> None:
     argv = [
         "--export-dir",
-        str(export_dir),
+        str(served.export_dir),
         "--name",
         name,
-        *ARCHIVE_FLAGS,
+        *served.flags,
         "--model-store",
         str(store),
         *flags,
@@ -118,11 +122,11 @@ def measure(server: Server, model: str, concurrency: int, plan: Plan, **labels) 
     return row
 
 
-def workers_section(export_dir: Path, workdir: Path, plan: Plan) -> list[dict]:
+def workers_section(served: Served, workdir: Path, plan: Plan) -> list[dict]:
     store = workdir / "workers_store"
     for n in plan.workers:
         archive(
-            export_dir,
+            served,
             store,
             f"workers_{n}",
             "--min-workers",
@@ -145,12 +149,12 @@ def workers_section(export_dir: Path, workdir: Path, plan: Plan) -> list[dict]:
         server.stop()
 
 
-def batching_section(export_dir: Path, workdir: Path, plan: Plan) -> list[dict]:
+def batching_section(served: Served, workdir: Path, plan: Plan) -> list[dict]:
     store = workdir / "batching_store"
     configs = [(1, 0)] + [(b, d) for b in plan.batch_sizes if b > 1 for d in plan.delays_ms]
     for batch, delay in configs:
         archive(
-            export_dir,
+            served,
             store,
             f"batch_{batch}_delay_{delay}",
             "--batch-size",
@@ -169,9 +173,9 @@ def batching_section(export_dir: Path, workdir: Path, plan: Plan) -> list[dict]:
         server.stop()
 
 
-def queue_section(export_dir: Path, workdir: Path, plan: Plan) -> dict:
+def queue_section(served: Served, workdir: Path, plan: Plan) -> dict:
     store = workdir / "queue_store"
-    archive(export_dir, store, "small_queue", "--batch-size", "1", "--job-queue-size", "10")
+    archive(served, store, "small_queue", "--batch-size", "1", "--job-queue-size", "10")
     server = Server(store, workdir / "queue_run")
     try:
         target = server.target("small_queue")
@@ -396,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu:
         meta = json.loads((args.export_dir / "model_meta.json").read_text())
         precision = "fp16" if "torchscript/fp16" in meta["files"] else "fp32"
-        ARCHIVE_FLAGS[:] = ["--backend", "torchscript", "--precision", precision, "--device", "gpu"]
+        gpu_flags = ("--backend", "torchscript", "--precision", precision, "--device", "gpu")
+        served = Served(args.export_dir, gpu_flags)
+    else:
+        served = Served(args.export_dir)
     import platform
 
     report: dict[str, Any] = {
@@ -406,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "uploads": [u.name for u in upload_mix()],
         "seconds": plan.seconds,
-        "serving": " ".join(ARCHIVE_FLAGS),
+        "serving": " ".join(served.flags),
         "workers": [],
         "batching": [],
         "queue": {},
@@ -416,13 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         if "workers" in args.sections:
             print("== workers", flush=True)
-            report["workers"] = workers_section(args.export_dir, workdir, plan)
+            report["workers"] = workers_section(served, workdir, plan)
         if "batching" in args.sections:
             print("== batchSize x maxBatchDelay", flush=True)
-            report["batching"] = batching_section(args.export_dir, workdir, plan)
+            report["batching"] = batching_section(served, workdir, plan)
         if "queue" in args.sections:
             print("== a full queue", flush=True)
-            report["queue"] = queue_section(args.export_dir, workdir, plan)
+            report["queue"] = queue_section(served, workdir, plan)
         shutil.rmtree(workdir, ignore_errors=True)
     (args.out / "experiment.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "experiment.md").write_text(markdown(report))
