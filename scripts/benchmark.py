@@ -41,6 +41,7 @@ from handler.preprocess import Normalizer, resize_crop
 from modelspec.meta import ModelMeta, PreprocessSpec
 from modelspec.reference import reference_transform
 from scripts import build_mar, loadgen, serve
+from scripts.plotting import Curve, throughput_and_p99
 from scripts.sample_images import Upload, upload_mix
 from scripts.tsclient import REPO_ROOT, TorchServeClient, free_ports
 
@@ -296,58 +297,40 @@ def compiled_runner(subject: Subject):
 COMPILED_BATCHES = (1, 8, 64, 256)  # torch.compile recompiles per shape: a few, not all
 
 
+def row_name(backend: str) -> str:
+    """The report's name for an archive backend: the ONNX file runs in ONNX Runtime."""
+    return "onnxruntime" if backend == "onnx" else backend
+
+
 def variants(subject: Subject, device: str, threads: int) -> list[Variant]:
+    def from_file(backend: str, precision: str) -> Variant:
+        build = file_runner(subject, backend, precision, threads)
+        return Variant(device, row_name(backend), precision, build=build)
+
+    def if_exported(backend: str, precision: str) -> list[Variant]:
+        """Optional files (int8, fp16) exist only when the export was asked for them."""
+        exported = f"{backend}/{precision}" in subject.meta.files
+        return [from_file(backend, precision)] if exported else []
+
+    eager_fp32 = Variant(device, "eager", "fp32", build=eager_runner(subject, "fp32", False))
     if device == "cpu":
         return [
-            Variant("cpu", "eager", "fp32", build=eager_runner(subject, "fp32", False)),
-            Variant(
-                "cpu",
-                "torchscript",
-                "fp32",
-                build=file_runner(subject, "torchscript", "fp32", threads),
-            ),
-            Variant(
-                "cpu", "onnxruntime", "fp32", build=file_runner(subject, "onnx", "fp32", threads)
-            ),
-        ] + (
-            [
-                Variant(
-                    "cpu",
-                    "onnxruntime",
-                    "int8",
-                    build=file_runner(subject, "onnx", "int8", threads),
-                )
-            ]
-            if "onnx/int8" in subject.meta.files
-            else []
-        )
-    rows = [
-        Variant("cuda", "eager", "fp32", build=eager_runner(subject, "fp32", False)),
-        Variant("cuda", "eager", "fp16", build=eager_runner(subject, "fp16", False)),
-        Variant("cuda", "eager", "fp16", True, eager_runner(subject, "fp16", True)),
-        Variant(
-            "cuda",
-            "torchscript",
-            "fp32",
-            build=file_runner(subject, "torchscript", "fp32", threads),
-        ),
-        Variant("cuda", "onnxruntime", "fp32", build=file_runner(subject, "onnx", "fp32", threads)),
-        Variant("cuda", "cuda-graph", "fp16", True, cuda_graph_runner(subject)),
-        Variant("cuda", "torch.compile", "fp16", True, compiled_runner(subject), COMPILED_BATCHES),
-    ]
-    if "torchscript/fp16" in subject.meta.files:
-        rows += [
-            Variant(
-                "cuda",
-                "torchscript",
-                "fp16",
-                build=file_runner(subject, "torchscript", "fp16", threads),
-            ),
-            Variant(
-                "cuda", "onnxruntime", "fp16", build=file_runner(subject, "onnx", "fp16", threads)
-            ),
+            eager_fp32,
+            from_file("torchscript", "fp32"),
+            from_file("onnx", "fp32"),
+            *if_exported("onnx", "int8"),
         ]
-    return rows
+    return [
+        eager_fp32,
+        Variant(device, "eager", "fp16", build=eager_runner(subject, "fp16", False)),
+        Variant(device, "eager", "fp16", True, eager_runner(subject, "fp16", True)),
+        from_file("torchscript", "fp32"),
+        from_file("onnx", "fp32"),
+        Variant(device, "cuda-graph", "fp16", True, cuda_graph_runner(subject)),
+        Variant(device, "torch.compile", "fp16", True, compiled_runner(subject), COMPILED_BATCHES),
+        *if_exported("torchscript", "fp16"),
+        *if_exported("onnx", "fp16"),
+    ]
 
 
 def bench_model(subject: Subject, devices: list[str], plan: Plan, threads: int) -> list[dict]:
@@ -760,8 +743,9 @@ def goals(
                 "goal": "<= 0.6",
                 "detail": f"{top['variant']} {top['p50_ms']} ms vs eager {eager['p50_ms']} ms",
             }
-    served_name = "onnxruntime" if served_backend == "onnx" else served_backend
-    served = best(model_rows, device="cpu", backend=served_name, precision="fp32", batch=1)
+    served = best(
+        model_rows, device="cpu", backend=row_name(served_backend), precision="fp32", batch=1
+    )
     screenshot = [
         r
         for r in pre_rows
@@ -992,7 +976,7 @@ def plots(result: dict[str, Any], out: Path) -> None:
         figure.savefig(out / name)
         plt.close(figure)
     if result["e2e"]:
-        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+        curves = []
         for handler in HANDLER_ROWS:
             for batching in ("on", "off"):
                 points = sorted(
@@ -1000,32 +984,12 @@ def plots(result: dict[str, Any], out: Path) -> None:
                     for r in result["e2e"]
                     if r["handler"] == handler and r["batching"] == batching
                 )
-                if not points:
-                    continue
-                x, throughput, p99 = zip(*points, strict=True)
-                style = "--" if handler == "stock" else "-"
-                label = f"{handler}, batching {batching}"
-                left.plot(x, throughput, style, marker="o", label=label)
-                right.plot(x, p99, style, marker="o", label=label)
-        left.set(
-            xscale="log",
-            xlabel="concurrent clients",
-            ylabel="images / s",
-            title="end-to-end throughput",
-        )
-        right.set(
-            xscale="log",
-            yscale="log",
-            xlabel="concurrent clients",
-            ylabel="p99 latency (ms)",
-            title="end-to-end p99 latency",
-        )
-        for axis in (left, right):
-            axis.grid(True, which="both", alpha=0.3)
-            axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(out / "e2e_vs_concurrency.png")
-        plt.close(figure)
+                if points:
+                    style = "--" if handler == "stock" else "-"
+                    label = f"{handler}, batching {batching}"
+                    curves.append(Curve(label, *zip(*points, strict=True), style))
+        titles = ("end-to-end throughput", "end-to-end p99 latency")
+        throughput_and_p99(curves, out / "e2e_vs_concurrency.png", titles)
 
 
 # ---- the command ---------------------------------------------------------------------------
@@ -1084,7 +1048,7 @@ def pick_backend(model_rows: list[dict], requested: str) -> str:
     if not candidates:
         return "onnx"
     fastest = min(candidates, key=lambda r: r["p50_ms"])
-    return "onnx" if fastest["backend"] == "onnxruntime" else "torchscript"
+    return "onnx" if fastest["backend"] == row_name("onnx") else "torchscript"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts import build_mar, loadgen, serve
+from scripts.plotting import Curve, throughput_and_p99
 from scripts.sample_images import upload_mix
 from scripts.tsclient import REPO_ROOT, TorchServeClient, free_ports
 
@@ -275,33 +276,16 @@ def plots(report: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     if report["workers"]:
-        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+        curves = []
         for n in sorted({r["workers"] for r in report["workers"]}):
             rows = sorted(
                 (r for r in report["workers"] if r["workers"] == n), key=lambda r: r["concurrency"]
             )
-            x = [r["concurrency"] for r in rows]
-            left.plot(x, [r["throughput_rps"] for r in rows], marker="o", label=f"{n} workers")
-            right.plot(x, [r["p99_ms"] for r in rows], marker="o", label=f"{n} workers")
-        left.set(
-            xscale="log",
-            xlabel="concurrent clients",
-            ylabel="images / s",
-            title="throughput by worker count",
-        )
-        right.set(
-            xscale="log",
-            yscale="log",
-            xlabel="concurrent clients",
-            ylabel="p99 (ms)",
-            title="p99 latency by worker count",
-        )
-        for axis in (left, right):
-            axis.grid(True, which="both", alpha=0.3)
-            axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(out / "workers.png")
-        plt.close(figure)
+            clients = [r["concurrency"] for r in rows]
+            throughput = [r["throughput_rps"] for r in rows]
+            curves.append(Curve(f"{n} workers", clients, throughput, [r["p99_ms"] for r in rows]))
+        titles = ("throughput by worker count", "p99 latency by worker count")
+        throughput_and_p99(curves, out / "workers.png", titles)
     if report["batching"]:
         low, high = (
             min(r["concurrency"] for r in report["batching"]),
