@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -434,7 +434,7 @@ def preprocess_methods(spec: PreprocessSpec, devices: list[str]):
 
 
 def bench_preprocess(
-    spec: PreprocessSpec, uploads: list[Upload], devices: list[str], plan: Plan
+    spec: PreprocessSpec, uploads: Sequence[Upload], devices: list[str], plan: Plan
 ) -> list[dict]:
     rows = []
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ DEFAULT_OUT = REPO_ROOT / "results" / "loadtest"
 
 
 # ---- what to send --------------------------------------------------------------------------
-def bad_uploads(good: list[Upload]) -> list[Upload]:
+def bad_uploads(good: Sequence[Upload]) -> list[Upload]:
     """Malformed uploads a real service receives: each must cost its sender a 4xx, nothing more."""
     jpeg = next((u for u in good if u.content_type == "image/jpeg"), good[0])
     return [
@@ -53,7 +54,7 @@ def bad_uploads(good: list[Upload]) -> list[Upload]:
     ]
 
 
-def mixed(good: list[Upload], bad_share: float, count: int = 200) -> list[Upload]:
+def mixed(good: Sequence[Upload], bad_share: float, count: int = 200) -> Sequence[Upload]:
     """A fixed sequence with exactly the wanted share of bad uploads, spread evenly through it
     (item i is bad when floor((i + 1) * share) steps up), cycling through the kinds of bad."""
     if bad_share <= 0:
@@ -118,7 +119,7 @@ def _trivial_server(port: int, ready) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, handle_signals=True)
 
 
-def client_ceiling(uploads: list[Upload], concurrency: int, duration: float) -> dict[str, Any]:
+def client_ceiling(uploads: Sequence[Upload], concurrency: int, duration: float) -> dict[str, Any]:
     """The load generator against a do-nothing endpoint in another process, same payloads."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
