@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,15 +10,50 @@ import pytest
 import torch
 
 from export.cli import main as export_main
-from modelspec.meta import ModelMeta
+from modelspec.meta import ModelMeta, PreprocessSpec
+from tests import components
+from tests.fixture_models import make_discriminative
 from tests.helpers import (
     COVER_CLASSES,
     SCREEN_CLASSES,
     SMALL_ARCH,
     cover_resnet50,
+    policy_rgb,
+    real_images,
     screenshot_resnet50,
     small_model,
 )
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--strict-components",
+        action="store_true",
+        help="fail (not skip) tests whose real component (Redis, nginx, ab, ...) is missing; "
+        "on whenever CI is set in the environment",
+    )
+
+
+def pytest_configure(config):
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    components.strict = bool(config.getoption("--strict-components") or ci)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    components.current_test = item.nodeid  # before any fixture, module-scoped ones included
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int):
+        terminalreporter.write_line(f"test order: random, repeat it with --randomly-seed={seed}")
+    lines = components.summary_lines()
+    if lines:
+        mode = "strict: missing = failure" if components.strict else "missing = skip"
+        terminalreporter.section(f"real components ({mode})")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @dataclass
@@ -33,11 +69,18 @@ def _export(argv: list[str]) -> None:
     assert code == 0, f"export failed for {argv}"
 
 
+def trained_like(model: torch.nn.Module, spec: PreprocessSpec) -> torch.nn.Module:
+    """The model with answers that depend on the image (see tests/fixture_models.py): parity
+    image i answers class i % C, as the server's decode policy shows the image."""
+    images = [policy_rgb(p.read_bytes(), spec.resize_size) for p in real_images()]
+    return make_discriminative(model, images, spec)
+
+
 @pytest.fixture(scope="session")
 def exported_cover(tmp_path_factory) -> Exported:
     """Cover -> genre: a whole pickled ResNet-50 (Dropout+Linear head), classes.txt, Resize(256)."""
     root = tmp_path_factory.mktemp("cover")
-    model = cover_resnet50(seed=0)
+    model = trained_like(cover_resnet50(seed=0), PreprocessSpec())
     checkpoint = root / "cover_resnet50.pth"
     torch.save(model, checkpoint)
     classes = root / "classes.txt"
@@ -65,7 +108,7 @@ def exported_cover(tmp_path_factory) -> Exported:
 def exported_screens(tmp_path_factory) -> Exported:
     """Screenshot -> game: {"model_state_dict": ...} with "model." keys, square resize."""
     root = tmp_path_factory.mktemp("screens")
-    model = screenshot_resnet50(seed=1)
+    model = trained_like(screenshot_resnet50(seed=1), PreprocessSpec(resize_mode="square"))
     checkpoint = root / "best_model.pth"
     torch.save({"model_state_dict": model.state_dict(), "val_acc": 0.9}, checkpoint)
     out = root / "export"
@@ -92,7 +135,7 @@ def exported_screens(tmp_path_factory) -> Exported:
 def exported_small(tmp_path_factory) -> Exported:
     """A quick ResNet-18 export with fp16 and int8 files, for handler and archive tests."""
     root = tmp_path_factory.mktemp("small")
-    model = small_model(num_classes=4, seed=2)
+    model = trained_like(small_model(num_classes=4, seed=2), PreprocessSpec())
     checkpoint = root / "small.pth"
     torch.save(model.state_dict(), checkpoint)
     out = root / "export"

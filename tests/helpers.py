@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
+
+from modelspec.meta import PreprocessSpec
+from modelspec.reference import reference_transform
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PARITY_IMAGES = REPO_ROOT / "export" / "parity_images"
@@ -79,6 +83,90 @@ def small_model(num_classes: int = 4, seed: int = 0) -> nn.Module:
 def eager_logits(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(batch)
+
+
+# ---- what the server should answer ---------------------------------------------------------
+# The handler's documented decode policy (README "HTTP API"), restated with plain Pillow calls
+# and nothing from handler/: EXIF orientation applied, transparent pixels composited on white,
+# JPEGs decoded by libjpeg at a reduced scale while both sides stay >= 2x the resize size.
+DRAFT_OVERSAMPLE = 2
+ALPHA_BACKGROUND = (255, 255, 255)
+# Per-class |served probability - reference probability| allowed for fp32 models. What remains
+# between the handler's fast path and the reference is the resize kernel (PyTorch's antialiased
+# bilinear on uint8 vs PIL's): at most one grey level, on up to 14 % of the values of the parity
+# images. The fixture ResNet-50s, whose random backbones amplify such noise far more than trained
+# ones, move by up to 0.024 for it (square resize of the RGBA sprite); every mutation the suite
+# is checked against moves answers by 0.15 or more.
+PROBABILITY_TOLERANCE = 0.03
+
+
+def policy_rgb(data: bytes, resize_size: int = 256) -> Image.Image:
+    """Bytes -> RGB as the server's decode policy says, for a reference to compare against."""
+    image = Image.open(io.BytesIO(data))
+    if image.format == "JPEG":
+        size = DRAFT_OVERSAMPLE * resize_size
+        image.draft("RGB", (size, size))
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def reference_probabilities(
+    model: nn.Module, images: Iterable[bytes], spec: PreprocessSpec
+) -> torch.Tensor:
+    """(N, classes) softmax of the eager model on torchvision's eval transform of each image."""
+    transform = reference_transform(spec)
+    batch = torch.stack([transform(policy_rgb(data, spec.resize_size)) for data in images])
+    return eager_logits(model, batch).softmax(dim=1)
+
+
+def answer_error(
+    answer: dict[str, Any],
+    expected: torch.Tensor,
+    class_names: list[str],
+    tolerance: float = PROBABILITY_TOLERANCE,
+) -> str | None:
+    """Why an answer differs from a reference probability row, or None if it matches.
+
+    Matches means: the label is the reference's top-1, confidence is the first top_k entry,
+    every top_k entry names a class whose reference probability is within `tolerance`, and the
+    entries come in the reference's order wherever the reference separates them by more than
+    twice the tolerance."""
+    reference = {name: float(p) for name, p in zip(class_names, expected, strict=True)}
+    best = max(reference, key=reference.get)
+    if answer.get("label") != best:
+        return f"label {answer.get('label')!r}, reference {best!r} ({reference})"
+    top = answer["top_k"]
+    if answer["confidence"] != top[0]["probability"]:
+        return "confidence is not the first top_k probability"
+    for entry in top:
+        want = reference[entry["label"]]
+        if abs(entry["probability"] - want) > tolerance:
+            return f"{entry['label']}: served {entry['probability']:.4f}, reference {want:.4f}"
+    for first, second in itertools.pairwise(top):
+        if reference[second["label"]] - reference[first["label"]] > 2 * tolerance:
+            return f"top_k order: {first['label']} before {second['label']}"
+    return None
+
+
+def assert_answers_match(
+    answers: list[dict[str, Any]],
+    expected: torch.Tensor,
+    class_names: list[str],
+    tolerance: float = PROBABILITY_TOLERANCE,
+    names: list[str] | None = None,
+) -> None:
+    """Per item, in request order: every answer equals its own reference row."""
+    assert len(answers) == len(expected)
+    problems = []
+    for i, (answer, row) in enumerate(zip(answers, expected, strict=True)):
+        error = answer_error(answer, row, class_names, tolerance)
+        if error:
+            problems.append(f"item {i} ({names[i] if names else ''}): {error}")
+    assert not problems, "\n".join(problems)
 
 
 # ---- images --------------------------------------------------------------------------------
