@@ -5,18 +5,23 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# What scripts/check_env.py verified (Java and the programs the tests start); checked on every
+# make install/test/demo, rewritten only when it changes, and the install depends on it.
+COMPONENTS := $(VENV)/.components
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo serve stop status clean
+.PHONY: help install test lint format demo serve stop status clean FORCE
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(INSTALLED)  ## create .venv with the pinned dependencies (Java 17 is checked)
+install: $(INSTALLED)  ## .venv with the pinned dependencies; Java, Redis, nginx, ab, dpkg-deb from Debian
 
-$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
-	$(PYTHON) scripts/check_env.py --install
+$(COMPONENTS): FORCE
+	@$(PYTHON) scripts/check_env.py --install --record $@
+
+$(INSTALLED): requirements.txt requirements-dev.txt constraints.txt pyproject.toml $(COMPONENTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Check what `make install` cannot pip-install: Python 3.10+, Java 17+ for TorchServe, and the
-Debian tools the tests start for real (Apache Bench, Redis, nginx).
+Debian programs the tests start for real (Redis, nginx, Apache Bench, dpkg-deb).
 
-Standard library only: it runs before the virtual environment exists.
-  python3 scripts/check_env.py            # check, explain what is missing, exit 1 if Java is
-  python3 scripts/check_env.py --install  # also apt-get install what is missing (root only)
+Standard library only: it runs before the virtual environment exists. Exit 1, saying what is
+missing and how to install it, unless everything is there.
+  python3 scripts/check_env.py                  # check
+  python3 scripts/check_env.py --install        # apt-get install what is missing (root only)
+  python3 scripts/check_env.py --record FILE    # also write what was verified (paths, versions)
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ from pathlib import Path
 MIN_PYTHON = (3, 10)
 MIN_JAVA = 17
 JAVA_PACKAGE = "openjdk-17-jre-headless"
-# command -> Debian package, for tools the tests run for real
-TEST_TOOLS = {"ab": "apache2-utils", "redis-server": "redis-server", "nginx": "nginx-light"}
+# command -> Debian package, for programs the tests run for real (tests/components.py)
+TEST_TOOLS = {
+    "ab": "apache2-utils",
+    "redis-server": "redis-server",
+    "redis-cli": "redis-tools",
+    "nginx": "nginx-light",
+    "dpkg-deb": "dpkg",
+}
+# nginx installs to /usr/sbin, which a non-root PATH may not include
+_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
 class EnvironmentProblem(RuntimeError):
@@ -82,14 +92,31 @@ def install_java() -> None:
 
 
 def missing_test_tools() -> dict[str, str]:
-    return {tool: package for tool, package in TEST_TOOLS.items() if not shutil.which(tool)}
+    return {
+        tool: package
+        for tool, package in TEST_TOOLS.items()
+        if not shutil.which(tool, path=_SEARCH_PATH)
+    }
+
+
+def record(path: Path, java: str) -> None:
+    """Write what was verified; rewrite only on a change, so make's stamps stay put."""
+    lines = [f"java {java_major(java)} {java}"]
+    lines += [f"{tool} {shutil.which(tool, path=_SEARCH_PATH)}" for tool in sorted(TEST_TOOLS)]
+    text = "\n".join(lines) + "\n"
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--install", action="store_true", help="apt-get install Java if missing")
+    parser.add_argument(
+        "--install", action="store_true", help="apt-get install what is missing (root only)"
+    )
+    parser.add_argument("--record", type=Path, help="write the verified components here")
     args = parser.parse_args(argv)
     if sys.version_info < MIN_PYTHON:
         print(
@@ -115,14 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             apt_install(sorted(set(missing.values())))
         except subprocess.CalledProcessError as exc:
-            print(f"warning: could not install test tools: {exc}", file=sys.stderr)
+            print(f"error: apt-get failed: {exc}", file=sys.stderr)
         missing = missing_test_tools()
     if missing:
+        packages = " ".join(sorted(set(missing.values())))
         print(
-            f"warning: tests that need {', '.join(missing)} will say so; install "
-            f"{' '.join(sorted(set(missing.values())))}",
+            f"error: the tests start {', '.join(sorted(missing))} for real and they are missing; "
+            f"install them (Debian/Ubuntu: sudo apt-get install {packages}), or run "
+            "`make install` as root",
             file=sys.stderr,
         )
+        return 1
+    print(f"ok: {', '.join(sorted(TEST_TOOLS))}")
+    if args.record:
+        record(args.record, java)
     return 0
 
 

@@ -15,9 +15,8 @@ from PIL import Image
 from export.cli import main as export_main
 from modelspec.meta import ModelMeta
 from scripts import build_dataset, train
+from tests.components import require
 from tests.helpers import encode
-
-pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
 
 
 def textured(colour: tuple[int, int, int], seed: int, size: int = 96) -> Image.Image:
@@ -46,7 +45,7 @@ def make_deb(debs, package: str, colour, count: int) -> None:
     )
     subprocess.run(
         [
-            "dpkg-deb",
+            require("dpkg-deb")["dpkg-deb"],
             "--root-owner-group",
             "--build",
             str(root),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import threading
 import time
 
@@ -14,6 +13,7 @@ from PIL import Image
 from scripts import loadgen, loadtest, scale
 from scripts.sample_images import upload_mix
 from tests import torchserve
+from tests.components import require
 
 pytestmark = pytest.mark.integration
 
@@ -166,11 +166,8 @@ def test_load_only_goes_to_loopback_unless_allowed(server, tmp_path, capsys):
     assert "not on loopback" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    shutil.which("ab") is None,
-    reason="Apache Bench missing: make install puts apache2-utils in place",
-)
 def test_cross_check_with_apache_bench(server, tmp_path):
+    require("ab")
     report = run_loadtest(
         server,
         tmp_path,
