@@ -28,6 +28,8 @@ def faults(mode: str) -> int:
 
 
 def test_freed_memory_is_reused_without_page_faults():
+    """Page faults are counted by the kernel, not timed: the same on a busy or idle machine."""
     default, tuned = faults("default"), faults("tuned")
-    assert default > 5_000  # 20 x 64 MiB of fresh pages each time (fewer with huge pages)
+    # 20 x 64 MiB of fresh pages: at least one fault per 2 MiB even with transparent huge pages
+    assert default >= 20 * 32
     assert tuned < default / 10

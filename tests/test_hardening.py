@@ -3,9 +3,9 @@ the nginx front and the cache counters. Servers are started here, on loopback, b
 
 from __future__ import annotations
 
+import json
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -22,10 +22,14 @@ from scripts import loadgen, nginx_front, serve
 from scripts.sample_images import upload_mix
 from scripts.tsclient import free_ports, prometheus_value
 from tests import torchserve
+from tests.components import require
 from tests.helpers import encode, gradient_rgb, real_images
 
 pytestmark = pytest.mark.integration
 GOOD = upload_mix()[0].body
+BATCH = 4
+REPLACEMENT_BOUND_S = 60
+SOAK_GROWTH_BOUND_MIB = 8
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def server(tmp_path_factory, exported_small):
         "small",
         "onnx",
         "--batch-size",
-        "4",
+        str(BATCH),
         "--max-batch-delay",
         "5",
         "--min-workers",
@@ -62,9 +66,14 @@ def test_every_listener_is_on_loopback(server):
     assert {c.laddr.ip for c in sockets} <= {"127.0.0.1", "::ffff:127.0.0.1"}
 
 
-def test_key_file_is_private(server):
-    assert (server.run_dir / "key_file.json").is_file()
-    assert server.run_dir.stat().st_mode & 0o077 == 0  # nobody but the server's user gets in
+def test_key_file_is_private_and_keys_last_a_day(server):
+    key_file = server.run_dir / "key_file.json"
+    assert server.run_dir.stat().st_mode & 0o777 == 0o700  # nobody but the server's user gets in
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    keys = json.loads(key_file.read_text())
+    assert {"management", "inference", "API"} <= set(keys)
+    config = (server.run_dir / "config.properties").read_text()
+    assert "token_expiration_min=1440" in config.splitlines()
 
 
 def test_every_api_refuses_a_missing_or_wrong_token(server):
@@ -117,6 +126,13 @@ def test_remote_and_outside_urls_cannot_be_registered(tmp_path, exported_small):
 
 # ---- faults --------------------------------------------------------------------------------
 def test_killing_a_worker_under_load_costs_only_its_requests(server):
+    """SIGKILL one of two workers under 8 clients: only the batch it held fails; the others are
+    answered 200; TorchServe puts a fresh READY worker in its place within 60 s.
+
+    The failed requests get TorchServe's "Worker died." with 507 when its frontend has already
+    read the exit code 137 of the killed process (it takes that for the kernel's OOM killer), or
+    with 500 when it noticed the broken connection first: a race inside TorchServe
+    (WorkerThread.run), seen both ways here."""
     client = server.client
     target = loadgen.Target(
         f"{client.endpoints.inference}/predictions/small", client.headers("inference")
@@ -133,30 +149,38 @@ def test_killing_a_worker_under_load_costs_only_its_requests(server):
     time.sleep(4)
     victim = client.describe("small")["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    replaced = None
+    while time.monotonic() < killed + REPLACEMENT_BOUND_S:
+        workers = client.describe("small")["workers"]
+        pids = {w["pid"] for w in workers}
+        if (
+            len(workers) == 2
+            and victim not in pids
+            and all(w["status"] == "READY" for w in workers)
+        ):
+            replaced = time.monotonic() - killed
+            break
+        time.sleep(0.5)
     thread.join(60)
     step = results["step"]
-    failed = step.requests - step.statuses.get("200", 0)
-    assert step.statuses["200"] > 50
-    assert failed <= 8, step.statuses  # at most what was in flight on the dead worker
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        workers = client.describe("small")["workers"]
-        if len(workers) == 2 and all(w["status"] == "READY" for w in workers):
-            break
-        time.sleep(1)
-    recovered = time.monotonic() - deadline + 60
-    pids = {w["pid"] for w in client.describe("small")["workers"]}
+    failed = {status: n for status, n in step.statuses.items() if status != "200"}
     print(
         f"\nworker kill under load: {step.requests} requests, {dict(step.statuses)}; "
-        f"2 workers READY again {recovered:.0f}s after the load ended"
+        f"fresh worker READY {replaced}s after the kill"
     )
-    assert len(pids) == 2 and victim not in pids  # a fresh worker took its place
+    assert step.statuses["200"] > 50
+    assert set(failed) <= {"500", "507"}, step.statuses  # "Worker died.", nothing else
+    assert sum(failed.values()) <= BATCH, step.statuses  # at most the batch it was running
+    assert replaced is not None, f"no fresh READY worker within {REPLACEMENT_BOUND_S}s"
     assert client.predict("small", GOOD).status_code == 200
 
 
 def test_soak_memory_stays_flat(server):
-    """A few thousand requests, one in five malformed: only 200s and 4xx, and the workers'
-    resident memory does not grow (figure printed for the README)."""
+    """2 000 requests, one in five malformed: each answered as its kind says (1 600 x 200,
+    300 x 400, 100 x 415, nothing else), and the workers' resident memory grows by less than
+    SOAK_GROWTH_BOUND_MIB: 4 KiB a request, where leaking one decoded image per request would
+    cost 300 MiB and leaking its upload 100 MiB."""
     client = server.client
     target = loadgen.Target(
         f"{client.endpoints.inference}/predictions/small", client.headers("inference")
@@ -164,19 +188,19 @@ def test_soak_memory_stays_flat(server):
     from scripts.loadtest import mixed
 
     uploads = mixed(upload_mix(), 0.2)
-    loadgen.run(loadgen.closed_loop(target, uploads, 8, duration=60, max_requests=300))
+    loadgen.run(loadgen.closed_loop(target, uploads, 8, duration=120, max_requests=300))
     pids = [w["pid"] for w in client.describe("small")["workers"]]
     before = sum(psutil.Process(p).memory_info().rss for p in pids)
-    step = loadgen.run(loadgen.closed_loop(target, uploads, 8, duration=240, max_requests=2000))
+    step = loadgen.run(loadgen.closed_loop(target, uploads, 8, duration=400, max_requests=2000))
     after = sum(psutil.Process(p).memory_info().rss for p in pids)
     growth_mib = (after - before) / 2**20
     print(
-        f"\nsoak: {step.requests} requests in {step.duration_s:.0f}s, {step.statuses}, "
+        f"\nsoak: {step.requests} requests in {step.duration_s:.0f}s, {dict(step.statuses)}, "
         f"worker RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB ({growth_mib:+.1f})"
     )
-    assert step.requests >= 1500
-    assert set(step.statuses) <= {"200", "400", "415"}
-    assert growth_mib < 40
+    assert dict(step.statuses) == {"200": 1600, "400": 300, "415": 100}
+    assert {w["pid"] for w in client.describe("small")["workers"]} == set(pids)  # none died
+    assert growth_mib < SOAK_GROWTH_BOUND_MIB
 
 
 # ---- fuzzing -------------------------------------------------------------------------------
@@ -243,11 +267,8 @@ def test_fuzz_the_live_endpoint(server):
 
 
 # ---- nginx in front ------------------------------------------------------------------------
-@pytest.mark.skipif(
-    shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"),
-    reason="nginx missing: make install puts Debian's nginx-light in place",
-)
 def test_nginx_rate_limits_and_proxies_only_inference(server, tmp_path):
+    require("nginx")
     (port,) = free_ports(1)
     prefix = tmp_path / "nginx"
     upstream = server.client.endpoints.inference.split("//")[1]
@@ -288,13 +309,17 @@ def test_nginx_rate_limits_and_proxies_only_inference(server, tmp_path):
             thread.join(60)
         assert codes.count(200) >= 4 and codes.count(429) >= 8, codes
         assert set(codes) <= {200, 429}
-        time.sleep(1.5)  # the bucket refills: served again
-        assert (
-            requests.post(
-                f"{front}/predictions/small", data=GOOD, headers=headers, timeout=60
-            ).status_code
-            == 200
-        )
+        served_again = False  # the bucket refills (4 a second): served again
+        deadline = time.monotonic() + 10
+        while not served_again and time.monotonic() < deadline:
+            time.sleep(0.5)
+            served_again = (
+                requests.post(
+                    f"{front}/predictions/small", data=GOOD, headers=headers, timeout=60
+                ).status_code
+                == 200
+            )
+        assert served_again
         for path in ("/models", "/models/small", "/metrics", "/api-description", "/token"):
             assert requests.get(front + path, headers=headers, timeout=10).status_code == 404
         big = requests.post(
@@ -310,7 +335,6 @@ def test_nginx_rate_limits_and_proxies_only_inference(server, tmp_path):
 
 
 # ---- cache counters in Prometheus ----------------------------------------------------------
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server missing")
 def test_cache_hits_and_misses_reach_prometheus(tmp_path, exported_small):
     from tests.test_cache import RedisServer
 
