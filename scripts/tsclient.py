@@ -7,6 +7,7 @@ find the server or authenticate.
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
 import time
@@ -24,17 +25,30 @@ SERVER_FILE = "server.json"  # what `serve.py start` records about the running i
 KEY_FILE = "key_file.json"  # written by TorchServe itself when token authorisation is on
 
 
+# Servers we start get ports below Linux's default ephemeral range (32768-60999), where the
+# kernel never puts the client side of an outgoing connection: a port found free here cannot be
+# taken by our own HTTP clients before the server binds it.
+_SERVER_PORTS = range(20_000, 32_000)
+_handed_out: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (bound, then released for the server to take)."""
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-    ports = [s.getsockname()[1] for s in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+    """Distinct free loopback ports for servers, none handed out twice in this process."""
+    rng = random.Random()
+    ports: list[int] = []
+    for candidate in rng.sample(_SERVER_PORTS, len(_SERVER_PORTS)):
+        if candidate in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+        _handed_out.add(candidate)
+        ports.append(candidate)
+        if len(ports) == count:
+            return ports
+    raise OSError(f"no {count} free loopback ports in {_SERVER_PORTS}")
 
 
 class TorchServeError(RuntimeError):

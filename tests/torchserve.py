@@ -9,6 +9,7 @@ import psutil
 
 from scripts import build_mar, serve
 from scripts.tsclient import TorchServeClient, free_ports
+from tests import components
 
 
 @dataclass
@@ -54,7 +55,23 @@ def archive(export_dir: Path, store: Path, name: str, backend: str, *extra: str)
 
 
 def start(run_dir: Path, store: Path, *settings: str, timeout: float = 300) -> RunningServer:
-    """serve.py start with every listener on its own free port; raises if it does not come up."""
+    """serve.py start with every listener on its own free port; raises if it does not come up.
+
+    Free ports are only free until someone binds them: if TorchServe lost one to another
+    process anyway, it is started again on new ones (up to three times)."""
+    components.require("java")
+    components.record("torchserve")
+    for _ in range(3):
+        code = serve.main(_start_argv(run_dir, store, settings, timeout))
+        if code == 0 or not _lost_a_port(run_dir):
+            break
+    assert code == 0, "TorchServe did not start; see " + str(run_dir / "logs")
+    pid = serve.recorded_pid(run_dir)
+    assert pid is not None
+    return RunningServer(run_dir, store, TorchServeClient.from_run_dir(run_dir), pid)
+
+
+def _start_argv(run_dir: Path, store: Path, settings: tuple[str, ...], timeout: float) -> list:
     inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
     overrides = [
         f"inference_address=http://127.0.0.1:{inference}",
@@ -64,19 +81,16 @@ def start(run_dir: Path, store: Path, *settings: str, timeout: float = 300) -> R
         f"grpc_management_port={grpc_management}",
         *settings,
     ]
-    argv = [
-        "--run-dir",
-        str(run_dir),
-        "start",
-        "--model-store",
-        str(store),
-        "--timeout",
-        str(timeout),
-    ]
+    argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store)]
+    argv += ["--timeout", str(timeout)]
     for override in overrides:
         argv += ["--set", override]
-    code = serve.main(argv)
-    assert code == 0, "TorchServe did not start; see " + str(run_dir / "logs")
-    pid = serve.recorded_pid(run_dir)
-    assert pid is not None
-    return RunningServer(run_dir, store, TorchServeClient.from_run_dir(run_dir), pid)
+    return argv
+
+
+def _lost_a_port(run_dir: Path) -> bool:
+    logs = run_dir / "logs"
+    text = (
+        " ".join(p.read_text(errors="replace") for p in logs.glob("*.log")) if logs.exists() else ""
+    )
+    return "Address already in use" in text or "BindException" in text
