@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
+import json
 import platform
 import sys
 import time
@@ -17,11 +19,21 @@ import torch
 from export.architectures import ArchitectureError
 from export.checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from export.parity import ParityReport, check_parity, image_paths
+from export.pipeline_check import (
+    DEFAULT_MARGIN,
+    DEFAULT_MAX_DELTA,
+    PipelineReport,
+    check_pipeline,
+)
 from export.quantize import write_int8_onnx
 from export.writers import example_batch, write_onnx, write_torchscript
 from modelspec.meta import (
+    COLOR_POLICIES,
     MODEL_FILES,
+    PROJECT_POLICY,
     RESIZE_MODES,
+    TORCHVISION_POLICY,
+    DecodePolicy,
     MetaError,
     ModelMeta,
     PreprocessSpec,
@@ -42,6 +54,7 @@ class ExportResult:
     out_dir: Path
     meta: ModelMeta
     parity: ParityReport
+    pipeline: PipelineReport
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,6 +97,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input-size", type=int, help="CenterCrop size [224]")
     parser.add_argument("--mean", type=float, nargs=3, help="[ImageNet: 0.485 0.456 0.406]")
     parser.add_argument("--std", type=float, nargs=3, help="[ImageNet: 0.229 0.224 0.225]")
+    # The decode policy: how uploaded bytes become RGB. It must be what the model was trained
+    # on: a sprite's transparent pixels, a 16-bit PNG or an EXIF-rotated photo otherwise get
+    # confidently different answers. Default: torchvision's ImageFolder loader
+    # (Image.open().convert("RGB")); checkpoints from scripts/train.py record their own.
+    parser.add_argument(
+        "--color-policy",
+        choices=COLOR_POLICIES,
+        help="convert: Image.convert('RGB'), alpha dropped (torchvision's loader); composite: "
+        "alpha over --background, 16-bit rescaled (scripts/train.py) [convert]",
+    )
+    parser.add_argument(
+        "--exif",
+        choices=("ignore", "apply"),
+        help="the EXIF Orientation tag: ignore it as Image.open() does, or rotate [ignore]",
+    )
+    parser.add_argument(
+        "--background", type=int, nargs=3, help="composite: the colour under transparency"
+    )
+    parser.add_argument(
+        "--preprocessing",
+        choices=("auto", "fast", "exact"),
+        default="auto",
+        help="fast: JPEG draft + PyTorch's resize; exact: full decode + PIL's resize; auto: "
+        "fast unless it changes answers on the parity images (see --max-delta)",
+    )
+    parser.add_argument(
+        "--max-delta",
+        type=float,
+        default=DEFAULT_MAX_DELTA,
+        help="auto keeps the fast path while no class probability moves more than this and "
+        f"top-1 holds wherever the reference's top-2 margin exceeds {DEFAULT_MARGIN}",
+    )
     parser.add_argument(
         "--fp16", action="store_true", help="also write fp16 TorchScript and ONNX (for GPU workers)"
     )
@@ -148,6 +193,21 @@ def resolve_class_names(args: argparse.Namespace, loaded: LoadedModel, count: in
     return names
 
 
+def resolve_decode(args: argparse.Namespace, recorded: dict) -> DecodePolicy:
+    """Flags, then what the checkpoint records, then torchvision's loader. A checkpoint with a
+    "preprocess" record but no "decode" comes from an older scripts/train.py: project policy."""
+    if "decode" in recorded:
+        base = DecodePolicy.from_dict(recorded["decode"])
+    else:
+        base = PROJECT_POLICY if recorded else TORCHVISION_POLICY
+    return DecodePolicy(
+        color=args.color_policy or base.color,
+        exif=(args.exif == "apply") if args.exif else base.exif,
+        background=tuple(args.background) if args.background else base.background,
+        path=args.preprocessing if args.preprocessing != "auto" else "fast",
+    )
+
+
 def resolve_preprocess(args: argparse.Namespace, loaded: LoadedModel) -> PreprocessSpec:
     recorded = loaded.preprocess or {}
     defaults = PreprocessSpec()
@@ -162,6 +222,7 @@ def resolve_preprocess(args: argparse.Namespace, loaded: LoadedModel) -> Preproc
         resize_mode=pick("resize_mode"),
         mean=tuple(float(v) for v in pick("mean")),
         std=tuple(float(v) for v in pick("std")),
+        decode=resolve_decode(args, recorded),
     )
 
 
@@ -199,7 +260,7 @@ class _Steps:
 
 def export_model(args: argparse.Namespace) -> ExportResult:
     out_dir: Path = args.out
-    steps = _Steps(4 + args.fp16 + args.int8)
+    steps = _Steps(5 + args.fp16 + args.int8)
     steps(f"loading {args.checkpoint}")
     loaded = load_checkpoint(args.checkpoint, args.arch, args.trust_checkpoint)
     spec = resolve_preprocess(args, loaded)
@@ -245,10 +306,28 @@ def export_model(args: argparse.Namespace) -> ExportResult:
         {"fp32": args.tolerance, "fp16": args.fp16_tolerance, "int8": 1.0},
         int8_min_agreement=args.int8_min_agreement,
     )
-    report.save(out_dir / "parity.json")
     print(report.table())
+    steps("bytes -> label: the served image pipeline vs the reference, fast and exact paths")
+    pipeline = check_pipeline(
+        loaded.model,
+        spec,
+        image_paths(args.parity_images),
+        requested=args.preprocessing,
+        max_delta=args.max_delta,
+    )
+    print(pipeline.table())
+    (out_dir / "parity.json").write_text(
+        json.dumps({**report.to_dict(), "pipeline": pipeline.to_dict()}, indent=2) + "\n"
+    )
     if not report.passed:
         raise ExportError(f"parity check failed; details in {out_dir / 'parity.json'}")
+    chosen = pipeline.by_path(pipeline.chosen)
+    if chosen is not None and not chosen.passed and args.preprocessing == "auto":
+        raise ExportError(
+            f"even the exact image pipeline differs from the reference (max |Δp| "
+            f"{chosen.max_delta:.4f}); details in {out_dir / 'parity.json'}"
+        )
+    spec = dataclasses.replace(spec, decode=dataclasses.replace(spec.decode, path=pipeline.chosen))
 
     steps("writing model_meta.json")
     meta = ModelMeta(
@@ -271,7 +350,7 @@ def export_model(args: argparse.Namespace) -> ExportResult:
     )
     meta.save(out_dir)
     steps.finish()
-    return ExportResult(out_dir, meta, report)
+    return ExportResult(out_dir, meta, report, pipeline)
 
 
 def _half_copy(loaded: LoadedModel) -> torch.nn.Module:

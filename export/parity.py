@@ -10,7 +10,6 @@ INT8 files are approximations by design: they are judged by top-1 agreement on t
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,9 +54,6 @@ class ParityReport:
             "image_inputs": self.image_inputs,
             "files": [asdict(f) for f in self.files],
         }
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     def table(self) -> str:
         lines = [

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from modelspec.imaging import DEFAULT_DRAFT_OVERSAMPLE
+
 MiB = 1024 * 1024
 
 
@@ -17,10 +19,12 @@ class HandlerConfig:
     top_k: int = 3  # default k; a request may ask for another, capped at the class count
     max_image_bytes: int = 12 * MiB  # after base64 decoding; the frontend caps the body too
     max_image_pixels: int = 40_000_000  # width * height, checked from the header before decoding
-    # JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale while both sides stay at least
-    # this multiple of resize_size (2.0 keeps the mean error near 0.2 grey levels); 0 disables.
-    jpeg_draft_oversample: float = 2.0
-    alpha_background: tuple[int, int, int] = (255, 255, 255)  # transparent pixels land on this
+    # JPEG draft mode, on models whose decode policy takes the fast path: libjpeg decodes at
+    # 1/2, 1/4 or 1/8 scale while both sides stay at least this multiple of resize_size (2.0
+    # keeps the mean error near 0.2 grey levels); 0 disables. How transparent, 16-bit or
+    # EXIF-rotated images become RGB is the model's decode policy (model_meta.json), not a
+    # handler setting: it has to match what the model was trained on.
+    jpeg_draft_oversample: float = DEFAULT_DRAFT_OVERSAMPLE
     intra_op_threads: int = 0  # 0: cores / workers sharing the host (see resolved_threads)
     decode_threads: int = 0  # 0: same as intra_op_threads; 1 decodes in the worker thread
     warmup: bool = True
@@ -39,8 +43,6 @@ class HandlerConfig:
         unknown = sorted(set(section) - set(known))
         if unknown:
             raise ValueError(f"unknown handler settings: {unknown}; known: {sorted(known)}")
-        if "alpha_background" in section:
-            section["alpha_background"] = tuple(int(v) for v in section["alpha_background"])
         config = cls(**section)
         config.validate()
         return config
@@ -60,8 +62,6 @@ class HandlerConfig:
             raise ValueError("jpeg_draft_oversample must be 0 (off) or at least 1")
         if self.cache_ttl_s < 1 or self.cache_timeout_ms < 1:
             raise ValueError("cache_ttl_s and cache_timeout_ms must be positive")
-        if len(self.alpha_background) != 3:
-            raise ValueError("alpha_background needs three 0-255 values")
 
     def resolved_threads(self, workers_on_host: int) -> int:
         """Threads per worker: explicit, or the cores split between the host's workers."""
@@ -69,8 +69,3 @@ class HandlerConfig:
             return self.intra_op_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, (cores or 1) // max(1, workers_on_host))
-
-    def draft_min_size(self, resize_size: int) -> int | None:
-        if not self.jpeg_draft_oversample:
-            return None
-        return round(resize_size * self.jpeg_draft_oversample)

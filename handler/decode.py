@@ -1,7 +1,8 @@
 """Bytes -> validated RGB PIL image, or a RequestError saying what was wrong.
 
 Order matters for safety: identify the format from its signature, open only that decoder, check
-the pixel count from the header, and only then decode the pixels.
+the pixel count from the header, and only then decode the pixels. The RGB conversion itself is
+the model's decode policy (modelspec/imaging.py), shared with the export's parity check.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import io
 import warnings
 
-import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from handler.errors import CorruptImage, NotAnImage, TooManyPixels, UnsupportedFormat
+from modelspec.imaging import to_rgb
+from modelspec.meta import TORCHVISION_POLICY, DecodePolicy
 
 # Formats users upload game art in. Pillow can parse many more (EPS, PSD, TIFF, ...); each extra
 # parser is attack surface, so everything else is refused before its decoder runs.
@@ -43,13 +45,13 @@ def decode_image(
     data: bytes,
     *,
     max_pixels: int,
+    policy: DecodePolicy = TORCHVISION_POLICY,
     draft_min_size: int | None = None,
-    background: tuple[int, int, int] = (255, 255, 255),
 ) -> Image.Image:
-    """Decode an uploaded image to RGB with orientation applied.
+    """Decode an uploaded image to RGB as the model's decode policy says.
 
     draft_min_size: for JPEG, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as both
-    sides stay >= this many pixels; the resize that follows shrinks further anyway.
+    sides stay >= this many pixels (the fast path; PreprocessSpec.draft_size gives it).
     """
     image_format = sniff_format(data)
     if image_format is None:
@@ -72,7 +74,7 @@ def decode_image(
     if draft_min_size and image_format == "JPEG":
         image.draft("RGB", (draft_min_size, draft_min_size))
     _load_pixels(image, image_format)
-    return to_rgb(_apply_orientation(image), background)
+    return to_rgb(image, policy)
 
 
 def _open(data: bytes, image_format: str) -> Image.Image:
@@ -99,35 +101,6 @@ def _load_pixels(image: Image.Image, image_format: str) -> None:
         raise CorruptImage(
             f"the {image_format} data is truncated or corrupt: {_short(exc)}"
         ) from exc
-
-
-def _apply_orientation(image: Image.Image) -> Image.Image:
-    """Rotate/flip per the EXIF Orientation tag, as a photo viewer would."""
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block should not cost the prediction
-        return image
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB that looks like the image does on screen."""
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
-        return image
-    if mode.startswith("I;16") or mode == "I":
-        # 16-bit greyscale: scale 0..65535 to 0..255; convert("L") would clip to white.
-        values = np.asarray(image, dtype=np.uint32).clip(0, 65535)
-        grey = ((values + 128) // 257).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if mode == "F":
-        grey = (np.asarray(image, dtype=np.float32).clip(0.0, 1.0) * 255 + 0.5).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")  # L, 1, P, CMYK (Adobe inversion handled by Pillow), YCbCr
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:

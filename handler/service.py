@@ -25,7 +25,7 @@ from handler.decode import decode_image
 from handler.errors import RequestError, ServerError
 from handler.inputs import extract_image
 from handler.postprocess import answer, probabilities
-from handler.preprocess import Normalizer, resize_crop
+from modelspec.imaging import Normalizer, resize_crop
 from modelspec.meta import META_FILENAME, ModelMeta
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,8 @@ class ImageClassifierService:
             image = decode_image(
                 item.image,
                 max_pixels=self.config.max_image_pixels,
-                draft_min_size=self.config.draft_min_size(spec.resize_size),
-                background=self.config.alpha_background,
+                policy=spec.decode,
+                draft_min_size=spec.draft_size(self.config.jpeg_draft_oversample),
             )
             item.crop = resize_crop(image, spec)
         except RequestError as error:

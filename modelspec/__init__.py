@@ -1,4 +1,5 @@
-"""Shared model metadata and preprocessing spec (export writes it, the handler reads it)."""
+"""Shared model metadata, preprocessing spec and decode policy (export writes it, the handler
+reads it); the served image pipeline is modelspec.imaging, its reference modelspec.reference."""
 
 from modelspec.meta import (
     BACKENDS,
@@ -9,7 +10,10 @@ from modelspec.meta import (
     ONNX_INPUT_NAME,
     ONNX_OUTPUT_NAME,
     PRECISIONS,
+    PROJECT_POLICY,
     RESIZE_MODES,
+    TORCHVISION_POLICY,
+    DecodePolicy,
     MetaError,
     ModelMeta,
     PreprocessSpec,
@@ -24,7 +28,10 @@ __all__ = [
     "ONNX_INPUT_NAME",
     "ONNX_OUTPUT_NAME",
     "PRECISIONS",
+    "PROJECT_POLICY",
     "RESIZE_MODES",
+    "TORCHVISION_POLICY",
+    "DecodePolicy",
     "MetaError",
     "ModelMeta",
     "PreprocessSpec",

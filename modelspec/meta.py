@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the decode policy is recorded (1 meant the "project" policy, fast path)
 META_FILENAME = "model_meta.json"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -19,6 +19,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 ResizeMode = Literal["shorter_side", "square"]
 RESIZE_MODES: tuple[str, ...] = ("shorter_side", "square")
+ColorPolicy = Literal["convert", "composite"]
+COLOR_POLICIES: tuple[str, ...] = ("convert", "composite")
+PipelinePath = Literal["fast", "exact"]
+PIPELINE_PATHS: tuple[str, ...] = ("fast", "exact")
 
 # Names of the model files an export writes, by (backend, precision).
 MODEL_FILES: dict[tuple[str, str], str] = {
@@ -40,12 +44,64 @@ class MetaError(ValueError):
 
 
 @dataclass(frozen=True)
+class DecodePolicy:
+    """How uploaded bytes become the RGB pixels the model sees: part of the model, because a
+    model answers best on pixels made the way its training images were.
+
+    color  convert:   Pillow's Image.convert("RGB"), as torchvision's ImageFolder loader (and
+                      most training scripts) do: alpha dropped (hidden colours show), palette,
+                      LA, 16-bit and CMYK converted as Pillow converts them.
+           composite: transparent pixels laid over `background`, 16-bit greyscale rescaled
+                      0..65535 -> 0..255 (what scripts/train.py trains on).
+    exif   apply the EXIF Orientation tag (rotate/flip as a photo viewer would) or not, as
+           Image.open() alone does not.
+    path   fast:  JPEG draft decoding and PyTorch's antialiased resize on uint8 (about twice
+                  as fast); exact: full decode and PIL's resize, as torchvision's Resize on a
+                  PIL image. The export measures the fast path against the exact one on real
+                  images and records "exact" where fast would change answers.
+    """
+
+    color: ColorPolicy = "convert"
+    exif: bool = False
+    background: tuple[int, int, int] = (255, 255, 255)
+    path: PipelinePath = "fast"
+
+    def __post_init__(self) -> None:
+        if self.color not in COLOR_POLICIES:
+            raise MetaError(f"color must be one of {COLOR_POLICIES}, got {self.color!r}")
+        if self.path not in PIPELINE_PATHS:
+            raise MetaError(f"path must be one of {PIPELINE_PATHS}, got {self.path!r}")
+        if len(self.background) != 3 or not all(0 <= int(v) <= 255 for v in self.background):
+            raise MetaError(f"background needs three 0-255 values, got {self.background!r}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DecodePolicy:
+        return cls(
+            color=raw["color"],
+            exif=bool(raw["exif"]),
+            background=tuple(int(v) for v in raw["background"]),  # type: ignore[arg-type]
+            path=raw["path"],
+        )
+
+
+# torchvision's ImageFolder default: the policy of a checkpoint trained elsewhere.
+TORCHVISION_POLICY = DecodePolicy(color="convert", exif=False)
+# What scripts/train.py trains the default model on, and what schema-1 metadata meant.
+PROJECT_POLICY = DecodePolicy(color="composite", exif=True)
+NAMED_POLICIES: dict[str, DecodePolicy] = {
+    "torchvision": TORCHVISION_POLICY,
+    "project": PROJECT_POLICY,
+}
+
+
+@dataclass(frozen=True)
 class PreprocessSpec:
     """How a decoded RGB image becomes the model's input tensor.
 
     shorter_side: Resize(resize_size) on the shorter side, keeping aspect (cover art).
     square:       Resize((resize_size, resize_size)), distorting aspect (screenshots).
-    Both then CenterCrop(input_size), scale to [0, 1] and normalise with mean/std.
+    Both then CenterCrop(input_size), scale to [0, 1] and normalise with mean/std. Before
+    all that, `decode` says how the uploaded bytes become RGB.
     """
 
     input_size: int = 224
@@ -53,6 +109,7 @@ class PreprocessSpec:
     resize_mode: ResizeMode = "shorter_side"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    decode: DecodePolicy = TORCHVISION_POLICY
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
@@ -65,14 +122,23 @@ class PreprocessSpec:
             raise MetaError("mean and std need three values each, std all positive")
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> PreprocessSpec:
+    def from_dict(cls, raw: dict[str, Any], legacy_decode: DecodePolicy = PROJECT_POLICY):
+        """From JSON; a dict without "decode" (schema 1, old checkpoints) gets legacy_decode."""
+        decode = raw.get("decode")
         return cls(
             input_size=int(raw["input_size"]),
             resize_size=int(raw["resize_size"]),
             resize_mode=raw["resize_mode"],
             mean=tuple(float(v) for v in raw["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in raw["std"]),  # type: ignore[arg-type]
+            decode=DecodePolicy.from_dict(decode) if decode else legacy_decode,
         )
+
+    def draft_size(self, oversample: float) -> int | None:
+        """JPEG draft target (both sides >= this), on the fast path only; None: decode fully."""
+        if self.decode.path != "fast" or not oversample:
+            return None
+        return round(self.resize_size * oversample)
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the resize step, rounding exactly as torchvision does."""
@@ -120,14 +186,12 @@ class ModelMeta:
         return self.files[key]
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["preprocess"] = asdict(self.preprocess)
-        return out
+        return asdict(self)  # nested dataclasses (preprocess, its decode) become dicts too
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelMeta:
         version = raw.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in (1, SCHEMA_VERSION):
             raise MetaError(f"unsupported model_meta schema_version {version!r}")
         try:
             return cls(

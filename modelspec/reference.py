@@ -1,10 +1,17 @@
-"""The reference preprocessing: the torchvision pipeline the original models were trained with.
+"""The reference pipeline: what the user's own eager code does with an image file.
 
-The handler has its own faster path (draft decoding, crop-before-resize, batched normalisation);
-tests and the export parity check compare against this one.
+For the torchvision policy that is literally `Image.open(f).convert("RGB")` followed by
+torchvision's Resize / CenterCrop / ToTensor / Normalize on the PIL image, as torchvision's
+ImageFolder loader and both original training projects do. For the project policy the RGB step
+is the project's own definition (modelspec/imaging.to_rgb); the geometry is torchvision's.
+
+The handler has its own faster path (modelspec/imaging.py); the export's parity check and the
+tests compare against this one.
 """
 
 from __future__ import annotations
+
+import io
 
 from PIL import Image
 
@@ -26,6 +33,22 @@ def reference_transform(spec: PreprocessSpec):
     )
 
 
+def reference_rgb(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """A freshly opened image (EXIF and transparency intact) -> RGB, per the decode policy."""
+    policy = spec.decode
+    if policy.color == "convert" and not policy.exif:
+        return image.convert("RGB")  # torchvision's pil_loader, exactly
+    from modelspec.imaging import to_rgb
+
+    return to_rgb(image, policy)
+
+
 def reference_tensor(image: Image.Image, spec: PreprocessSpec):
-    """One RGB PIL image -> normalised CHW float tensor, via the reference pipeline."""
-    return reference_transform(spec)(image.convert("RGB"))
+    """One opened PIL image -> normalised CHW float tensor, via the reference pipeline."""
+    return reference_transform(spec)(reference_rgb(image, spec))
+
+
+def reference_tensor_of(data: bytes, spec: PreprocessSpec):
+    """Image file bytes -> normalised CHW float tensor, via the reference pipeline."""
+    with Image.open(io.BytesIO(data)) as image:
+        return reference_tensor(image, spec)
