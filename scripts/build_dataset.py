@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from handler.decode import decode_image
 from handler.errors import RequestError
+from modelspec.meta import PROJECT_POLICY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "data" / "gameart"
@@ -161,7 +162,7 @@ def licence_of(copyright_text: str) -> str:
 def screen_image(data: bytes, filters: Filters) -> tuple[str, str | None]:
     """("ok", pixel hash) or (reason, None). Uses the server's own decoder and RGB conversion."""
     try:
-        image = decode_image(data, max_pixels=40_000_000)
+        image = decode_image(data, max_pixels=40_000_000, policy=PROJECT_POLICY)
     except RequestError:
         return "unreadable", None
     width, height = image.size

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from handler.allocator import keep_freed_memory
 from handler.decode import decode_image
-from modelspec.meta import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec
+from modelspec.meta import IMAGENET_MEAN, IMAGENET_STD, PROJECT_POLICY, PreprocessSpec
 from modelspec.reference import reference_transform
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -135,9 +135,10 @@ def stages(backbone: nn.Module) -> list[nn.Module]:
 
 # ---- data ----------------------------------------------------------------------------------
 def load_rgb(path: str):
-    """The server's own decoder and RGB conversion, so training sees what serving sees."""
+    """The server's own decoder and the project's decode policy (alpha over white, EXIF
+    applied, 16-bit rescaled), recorded in the checkpoint so serving does the same."""
     with open(path, "rb") as handle:
-        return decode_image(handle.read(), max_pixels=100_000_000)
+        return decode_image(handle.read(), max_pixels=100_000_000, policy=PROJECT_POLICY)
 
 
 def train_transform(spec: PreprocessSpec):
@@ -471,7 +472,7 @@ def run(config: Config) -> dict:
         else config.device
     )
     architecture = ARCHITECTURES[config.arch]
-    spec = PreprocessSpec(mean=architecture.mean, std=architecture.std)
+    spec = PreprocessSpec(mean=architecture.mean, std=architecture.std, decode=PROJECT_POLICY)
     train_root, test_root = config.data / "train", config.data / "test"
     for root in (train_root, test_root):
         if not root.is_dir():
