@@ -8,20 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from export.cli import main as export_main
-from modelspec.meta import ModelMeta, PreprocessSpec
-from tests import components
-from tests.fixture_models import make_discriminative
+from modelspec.meta import PROJECT_POLICY, ModelMeta, PreprocessSpec
+from modelspec.reference import reference_rgb
+from tests import components, fixture_models
 from tests.helpers import (
     COVER_CLASSES,
     SCREEN_CLASSES,
     SMALL_ARCH,
     cover_resnet50,
-    policy_rgb,
     real_images,
     screenshot_resnet50,
     small_model,
+    source_picture,
 )
 
 
@@ -70,10 +71,18 @@ def _export(argv: list[str]) -> None:
 
 
 def trained_like(model: torch.nn.Module, spec: PreprocessSpec) -> torch.nn.Module:
-    """The model with answers that depend on the image (see tests/fixture_models.py): parity
-    image i answers class i % C, as the server's decode policy shows the image."""
-    images = [policy_rgb(p.read_bytes(), spec.resize_size) for p in real_images()]
-    return make_discriminative(model, images, spec)
+    """The model with answers that depend on the image (see tests/fixture_models.py): each
+    parity image, as the user's own pipeline shows it, answers the class of its source picture
+    (the mode variants of one picture, e.g. pyramid and its CMYK copy, share it)."""
+    paths = real_images()
+    sources = sorted({source_picture(p) for p in paths})
+    num_classes = fixture_models.final_linear(model).out_features
+    labels = [sources.index(source_picture(p)) % num_classes for p in paths]
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(reference_rgb(image, spec).copy())  # loaded before it closes
+    return fixture_models.make_discriminative(model, images, labels, spec)
 
 
 @pytest.fixture(scope="session")
@@ -133,9 +142,11 @@ def exported_screens(tmp_path_factory) -> Exported:
 
 @pytest.fixture(scope="session")
 def exported_small(tmp_path_factory) -> Exported:
-    """A quick ResNet-18 export with fp16 and int8 files, for handler and archive tests."""
+    """A quick ResNet-18 export with fp16 and int8 files, for handler and archive tests. It is
+    trained like scripts/train.py's models, on the project decode policy (alpha over white,
+    EXIF applied), so the handler tests cover that policy and the HTTP tests the other."""
     root = tmp_path_factory.mktemp("small")
-    model = trained_like(small_model(num_classes=4, seed=2), PreprocessSpec())
+    model = trained_like(small_model(num_classes=4, seed=2), PreprocessSpec(decode=PROJECT_POLICY))
     checkpoint = root / "small.pth"
     torch.save(model.state_dict(), checkpoint)
     out = root / "export"
@@ -151,6 +162,10 @@ def exported_small(tmp_path_factory) -> Exported:
             SMALL_ARCH,
             "--class-names",
             "alpha,beta,gamma,delta",
+            "--color-policy",
+            "composite",
+            "--exif",
+            "apply",
             "--fp16",
             "--int8",
         ]

@@ -9,7 +9,7 @@ a trained classifier's do, in a few seconds on a CPU:
 1. BatchNorm running statistics are measured on real game images (train-mode pass, cumulative
    average), so activations have realistic scale and vary from image to image;
 2. the final Linear layer is fitted (ridge regression on the penultimate features of a few
-   augmented views per image) so that image i answers class i % num_classes with a clear margin.
+   augmented views per image) so that each image answers its given class with a clear margin.
 
 It is seeded and deterministic. The guard tests (tests/test_fixture_models.py) fail if a fixture
 model answers fewer distinct classes than it should or with too small a margin.
@@ -84,14 +84,15 @@ def _penultimate(model: nn.Module, head: nn.Linear, batch: torch.Tensor) -> torc
 def make_discriminative(
     model: nn.Module,
     images: list[Image.Image],
+    labels: list[int],
     spec: PreprocessSpec,
     *,
     views: int = 3,
-    margin: float = 6.0,
+    margin: float = 7.0,
     ridge: float = 0.3,
     seed: int = 0,
 ) -> nn.Module:
-    """Fit BatchNorm statistics and the head so image i of `images` answers class i % C.
+    """Fit BatchNorm statistics and the head so image i of `images` answers class labels[i].
 
     `images` are RGB images as the server's decode policy produces them; the fitted model is
     returned in eval mode (the same object, changed in place).
@@ -106,7 +107,7 @@ def make_discriminative(
     rows = len(batch)
     targets = torch.zeros(rows, num_classes, dtype=torch.float64)
     for row in range(rows):
-        targets[row, (row % len(images)) % num_classes] = margin
+        targets[row, labels[row % len(images)]] = margin
     targets -= targets.mean(0)
     # Kernel ridge regression (rows << feature dimension): W = Z^T (Z Z^T + lam I)^-1 T
     gram = centred @ centred.T

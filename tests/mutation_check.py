@@ -5,9 +5,9 @@
     .venv/bin/python tests/mutation_check.py --tests tests/test_torchserve_integration.py
 
 Each mutation is a one-line edit of the serving code (applied to the working tree and always
-restored) that a user would feel: answers on the wrong background, in the wrong order, on
-unnormalised pixels, under the wrong class names. For each, the listed tests are run and must
-fail. Not part of `make test` (it runs the heavy tests once per mutation, ~15 minutes).
+restored) that a user would feel: answers on the wrong background, through the wrong decode
+policy, in the wrong order, on unnormalised pixels, under the wrong class names. For each, the
+listed tests are run and must fail. Not part of `make test` (the heavy tests once per mutation).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-UNIT = ["tests/test_service.py", "tests/test_preprocess.py", "tests/test_decode.py"]
+UNIT = ["tests/test_service.py", "tests/test_decode_policy.py", "tests/test_preprocess.py"]
 HTTP = ["tests/test_torchserve_integration.py"]
 
 
@@ -35,10 +35,17 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
-        "alpha",  # transparent pixels composited on black instead of white
-        "handler/config.py",
-        "alpha_background: tuple[int, int, int] = (255, 255, 255)",
-        "alpha_background: tuple[int, int, int] = (0, 0, 0)",
+        "alpha",  # project policy: transparent pixels composited on black instead of white
+        "modelspec/imaging.py",
+        'canvas = Image.new("RGBA", rgba.size, (*background, 255))',
+        'canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))',
+        (*UNIT, *HTTP),
+    ),
+    Mutation(
+        "policy",  # torchvision policy: alpha composited (the old handler's behaviour)
+        "modelspec/imaging.py",
+        'return image if image.mode == "RGB" else image.convert("RGB")',
+        "return _composite_rgb(image, policy.background)",
         (*UNIT, *HTTP),
     ),
     Mutation(
@@ -50,7 +57,7 @@ MUTATIONS = [
     ),
     Mutation(
         "normalise",  # the mean/std normalisation dropped (only scaled to 0..1)
-        "handler/preprocess.py",
+        "modelspec/imaging.py",
         "batch = torch.addcmul(-self.shift, batch, self.scale)",
         "batch = batch / 255.0",
         (*UNIT, *HTTP),

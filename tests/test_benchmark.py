@@ -73,7 +73,8 @@ def test_gpu_is_marked_absent_without_one(quick_run):
 def test_preprocessing_rows(quick_run):
     _, result = quick_run
     methods = {r["method"] for r in result["preprocess"]}
-    assert "handler (default: JPEG draft x2)" in methods
+    assert "handler, fast path (JPEG draft x2, PyTorch resize)" in methods
+    assert "handler, exact path (full decode, PIL resize)" in methods
     assert "PIL + torchvision transforms (reference)" in methods
     assert all(r["ms_per_image"] > 0 for r in result["preprocess"])
     images = {r["image"] for r in result["preprocess"]}
@@ -135,7 +136,7 @@ def test_goals_arithmetic():
     ]
     pre = [
         {
-            "method": "handler (default: JPEG draft x2)",
+            "method": "handler, fast path (JPEG draft x2, PyTorch resize)",
             "image": "screenshot_1080p.jpg",
             "ms_per_image": 11.0,
         }

@@ -1,4 +1,6 @@
-"""decode_image: every image mode users upload comes out as correct RGB; bad bytes get a 4xx."""
+"""decode_image: every image mode users upload comes out as correct RGB under the project's
+decode policy (alpha over white, EXIF applied, 16-bit rescaled); bad bytes get a 4xx. The
+torchvision policy, and both policies against the reference, are in test_decode_policy.py."""
 
 from __future__ import annotations
 
@@ -8,16 +10,19 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from handler.decode import ALLOWED_FORMATS, decode_image, sniff_format, to_rgb
+from handler.decode import ALLOWED_FORMATS, decode_image, sniff_format
 from handler.errors import CorruptImage, NotAnImage, TooManyPixels, UnsupportedFormat
+from modelspec.imaging import to_rgb
+from modelspec.meta import PROJECT_POLICY, DecodePolicy
 from tests.helpers import encode, gradient_rgb, real_images
 
 LIMIT = 40_000_000
 
 
 def decode(data: bytes, **kwargs) -> Image.Image:
+    kwargs.setdefault("policy", PROJECT_POLICY)
     return decode_image(data, max_pixels=kwargs.pop("max_pixels", LIMIT), **kwargs)
 
 
@@ -29,7 +34,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 def test_real_game_images_decode_to_rgb(path):
     image = decode(path.read_bytes())
     with Image.open(path) as original:
-        assert image.size == original.size
+        assert image.size == ImageOps.exif_transpose(original).size  # as a viewer shows it
     assert image.mode == "RGB"
 
 
@@ -79,7 +84,8 @@ def test_rgba_transparent_pixels_land_on_the_background():
     white = pixels(decode(data))
     assert (white[:, :30] == (200, 10, 10)).all()
     assert (white[:, 30:] == 255).all()
-    grey = pixels(decode(data, background=(128, 128, 128)))
+    grey_policy = DecodePolicy(color="composite", exif=True, background=(128, 128, 128))
+    grey = pixels(decode(data, policy=grey_policy))
     assert (grey[:, 30:] == 128).all()
 
 
@@ -231,7 +237,7 @@ def test_real_decompression_bomb_is_refused():
 
 def test_to_rgb_keeps_rgb_untouched():
     card = gradient_rgb()
-    assert to_rgb(card) is card
+    assert to_rgb(card, PROJECT_POLICY) is card
 
 
 def _png_bytes(

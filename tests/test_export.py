@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,7 +14,14 @@ import torch
 
 from export import cli
 from export.parity import compare, parity_inputs
-from modelspec.meta import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, ModelMeta, PreprocessSpec
+from modelspec.meta import (
+    ONNX_INPUT_NAME,
+    ONNX_OUTPUT_NAME,
+    PROJECT_POLICY,
+    TORCHVISION_POLICY,
+    ModelMeta,
+    PreprocessSpec,
+)
 from tests.helpers import (
     COVER_CLASSES,
     SCREEN_CLASSES,
@@ -29,7 +37,9 @@ def test_cover_export_files_and_meta(exported_cover):
     assert (out / "model.torchscript.pt").is_file() and (out / "model.onnx").is_file()
     assert meta.name == "cover_genre" and meta.architecture == "resnet50"
     assert meta.class_names == COVER_CLASSES
-    assert meta.preprocess == PreprocessSpec()  # Resize(256) shorter side, crop 224, ImageNet
+    # Resize(256) shorter side, crop 224, ImageNet; torchvision's loader for an imported model
+    assert dataclasses.replace(meta.preprocess, decode=TORCHVISION_POLICY) == PreprocessSpec()
+    assert meta.preprocess.decode.color == "convert" and meta.preprocess.decode.exif is False
     assert meta.source["format"] == "pickled-module" and len(meta.source["sha256"]) == 64
     assert meta.export["torch"] == torch.__version__ and meta.export["onnx_exporter"]
 
@@ -49,6 +59,67 @@ def test_parity_report_is_written_and_tight(exported_cover):
     for entry in report["files"]:
         assert entry["max_abs_diff"] < 1e-3
         assert entry["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["exported_cover", "exported_screens", "exported_small"])
+def test_bytes_to_label_parity_is_reported_and_honoured(request, name):
+    """parity.json measures both image paths against the reference on every parity image and
+    the metadata records the path chosen: fast only where it kept every answer."""
+    exported = request.getfixturevalue(name)
+    pipeline = json.loads((exported.out_dir / "parity.json").read_text())["pipeline"]
+    decode = exported.meta.preprocess.decode
+    assert (pipeline["color"], pipeline["exif"]) == (decode.color, decode.exif)
+    paths = {p["path"]: p for p in pipeline["paths"]}
+    assert set(paths) == {"fast", "exact"}
+    for path in paths.values():
+        assert [i["image"] for i in path["images"]] == [p.name for p in real_images()]
+    assert paths["exact"]["passed"] and paths["exact"]["max_delta"] < 1e-4
+    assert paths["exact"]["top1_agreement"] == 1.0
+    assert pipeline["chosen"] == decode.path == ("fast" if paths["fast"]["passed"] else "exact")
+    if paths["fast"]["passed"]:
+        assert paths["fast"]["max_delta"] <= pipeline["max_delta_bound"]
+
+
+def test_a_drifting_fast_path_makes_the_export_choose_exact(tmp_path):
+    """With a bound no fast path can meet, the export records exact preprocessing instead of
+    failing; asked for fast explicitly, it keeps fast and says what that costs."""
+    checkpoint = tmp_path / "m.pth"
+    torch.save(small_model(seed=5).state_dict(), checkpoint)
+    base = ["--checkpoint", str(checkpoint), "--arch", SMALL_ARCH, "--class-names", "a,b,c,d"]
+    assert cli.main([*base, "--out", str(tmp_path / "auto"), "--max-delta", "0"]) == 0
+    assert ModelMeta.load(tmp_path / "auto").preprocess.decode.path == "exact"
+    forced = tmp_path / "forced"
+    assert (
+        cli.main([*base, "--out", str(forced), "--max-delta", "0", "--preprocessing", "fast"]) == 0
+    )
+    assert ModelMeta.load(forced).preprocess.decode.path == "fast"
+    pipeline = json.loads((forced / "parity.json").read_text())["pipeline"]
+    assert pipeline["requested"] == "fast" and pipeline["chosen"] == "fast"
+
+
+def test_decode_policy_flags_and_what_train_py_records(tmp_path):
+    checkpoint = tmp_path / "m.pth"
+    model = small_model(seed=5)
+    base = ["--arch", SMALL_ARCH, "--class-names", "a,b,c,d", "--checkpoint", str(checkpoint)]
+    torch.save(model.state_dict(), checkpoint)
+    flags = ["--color-policy", "composite", "--exif", "apply", "--background", "0", "0", "0"]
+    assert cli.main([*base, "--out", str(tmp_path / "flags"), *flags]) == 0
+    decode = ModelMeta.load(tmp_path / "flags").preprocess.decode
+    assert (decode.color, decode.exif, decode.background) == ("composite", True, (0, 0, 0))
+    # a scripts/train.py checkpoint from before decode policies were recorded: project policy
+    old = {
+        "preprocess": {
+            "input_size": 224,
+            "resize_size": 256,
+            "resize_mode": "shorter_side",
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        }
+    }
+    torch.save({"model_state_dict": model.state_dict(), **old}, checkpoint)
+    assert cli.main([*base, "--out", str(tmp_path / "old")]) == 0
+    decode = ModelMeta.load(tmp_path / "old").preprocess.decode
+    assert (decode.color, decode.exif) == (PROJECT_POLICY.color, PROJECT_POLICY.exif)
 
 
 def test_onnx_has_named_input_and_dynamic_batch(exported_cover):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from handler.decode import decode_image
 from handler.errors import RequestError
+from modelspec.meta import PROJECT_POLICY, TORCHVISION_POLICY
 from scripts import loadgen, nginx_front, serve
 from scripts.sample_images import upload_mix
 from scripts.tsclient import free_ports, prometheus_value
@@ -239,11 +240,15 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.sampled_from(SEEDS), rng=st.randoms(use_true_random=False))
-def test_fuzz_decode_only_raises_request_errors(seed, rng):
+@given(
+    seed=st.sampled_from(SEEDS),
+    rng=st.randoms(use_true_random=False),
+    policy=st.sampled_from([PROJECT_POLICY, TORCHVISION_POLICY]),
+)
+def test_fuzz_decode_only_raises_request_errors(seed, rng, policy):
     data = mutate(seed, rng)
     try:
-        image = decode_image(data, max_pixels=4_000_000, draft_min_size=64)
+        image = decode_image(data, max_pixels=4_000_000, policy=policy, draft_min_size=64)
     except RequestError as error:
         assert 400 <= error.status < 500
     else:

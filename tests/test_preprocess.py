@@ -8,7 +8,7 @@ from PIL import Image
 
 from handler.decode import decode_image
 from handler.postprocess import answer, probabilities
-from handler.preprocess import Normalizer, resize_crop
+from modelspec.imaging import Normalizer, resize_crop
 from modelspec.meta import MetaError, ModelMeta, PreprocessSpec
 from modelspec.reference import reference_tensor
 from tests.helpers import gradient_rgb, real_images
