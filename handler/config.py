@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from handler.decode import DEFAULT_MAX_ASPECT_RATIO
 from modelspec.imaging import DEFAULT_DRAFT_OVERSAMPLE
 
 MiB = 1024 * 1024
@@ -19,6 +20,7 @@ class HandlerConfig:
     top_k: int = 3  # default k; a request may ask for another, capped at the class count
     max_image_bytes: int = 12 * MiB  # after base64 decoding; the frontend caps the body too
     max_image_pixels: int = 40_000_000  # width * height, checked from the header before decoding
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO  # longer / shorter side, from the header
     # JPEG draft mode, on models whose decode policy takes the fast path: libjpeg decodes at
     # 1/2, 1/4 or 1/8 scale while both sides stay at least this multiple of resize_size (2.0
     # keeps the mean error near 0.2 grey levels); 0 disables. How transparent, 16-bit or
@@ -56,12 +58,17 @@ class HandlerConfig:
             raise ValueError("int8 is an ONNX Runtime model: use backend onnx")
         if self.top_k < 1:
             raise ValueError("top_k must be at least 1")
-        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
-            raise ValueError("image limits must be positive")
+        if self.max_image_bytes < 1 or self.max_image_pixels < 1 or self.max_aspect_ratio < 1:
+            raise ValueError("image limits must be positive (max_aspect_ratio at least 1)")
         if self.jpeg_draft_oversample and self.jpeg_draft_oversample < 1:
             raise ValueError("jpeg_draft_oversample must be 0 (off) or at least 1")
         if self.cache_ttl_s < 1 or self.cache_timeout_ms < 1:
             raise ValueError("cache_ttl_s and cache_timeout_ms must be positive")
+
+    def answer_settings(self) -> bytes:
+        """The settings that change what an image is answered (for the cache key)."""
+        keys = ("max_image_bytes", "max_image_pixels", "max_aspect_ratio", "jpeg_draft_oversample")
+        return repr([(key, getattr(self, key)) for key in keys]).encode()
 
     def resolved_threads(self, workers_on_host: int) -> int:
         """Threads per worker: explicit, or the cores split between the host's workers."""

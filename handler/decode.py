@@ -1,8 +1,9 @@
 """Bytes -> validated RGB PIL image, or a RequestError saying what was wrong.
 
-Order matters for safety: identify the format from its signature, open only that decoder, check
-the pixel count from the header, and only then decode the pixels. The RGB conversion itself is
-the model's decode policy (modelspec/imaging.py), shared with the export's parity check.
+Order matters for safety: identify the format from its signature, walk its structure with hard
+caps (handler/prescan.py), open only that decoder, check the pixel count and aspect ratio from
+the header, and only then decode the pixels. The RGB conversion itself is the model's decode
+policy (modelspec/imaging.py), shared with the export's parity check.
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ import warnings
 
 from PIL import Image
 
-from handler.errors import CorruptImage, NotAnImage, TooManyPixels, UnsupportedFormat
+from handler.errors import (
+    CorruptImage,
+    ExtremeAspectRatio,
+    NotAnImage,
+    TooManyPixels,
+    UnsupportedFormat,
+)
+from handler.prescan import check_structure
 from modelspec.imaging import to_rgb
 from modelspec.meta import TORCHVISION_POLICY, DecodePolicy
 
@@ -23,9 +31,7 @@ _FORMAT_ALIASES = {"MPO": "JPEG", "DIB": "BMP"}  # camera multi-picture JPEG, he
 _SIGNATURE_BYTES = 16  # Pillow's own accept() checks read this many leading bytes
 
 Image.init()  # register all plugins once, so signature checks see every format
-# decode_image checks every image against the caller's limit from its header, before loading;
-# Pillow's own global limit would silently override per-model settings.
-Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_ASPECT_RATIO = 32.0  # a 16-frame sprite strip passes; 1 x 4000 does not
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -47,6 +53,7 @@ def decode_image(
     max_pixels: int,
     policy: DecodePolicy = TORCHVISION_POLICY,
     draft_min_size: int | None = None,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Decode an uploaded image to RGB as the model's decode policy says.
 
@@ -62,6 +69,10 @@ def decode_image(
         raise UnsupportedFormat(
             f"{image_format} images are not accepted; send JPEG, PNG, WebP, BMP or GIF"
         )
+    check_structure(data, image_format)
+    # Pillow's own bomb check (it runs inside some decoders, before ours can) uses this limit:
+    # every model in a worker process has the same one, so the global is set, not raced.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     image = _open(data, image_format)
     width, height = image.size
     if width < 1 or height < 1:
@@ -70,6 +81,10 @@ def decode_image(
         raise TooManyPixels(
             f"image is {width}x{height} = {width * height / 1e6:.1f} MP, "
             f"over the {max_pixels / 1e6:.1f} MP limit"
+        )
+    if max(width, height) > max_aspect_ratio * min(width, height):
+        raise ExtremeAspectRatio(
+            f"image is {width}x{height}; sides may differ by at most {max_aspect_ratio:g}x"
         )
     if draft_min_size and image_format == "JPEG":
         image.draft("RGB", (draft_min_size, draft_min_size))

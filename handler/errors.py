@@ -43,6 +43,19 @@ class InvalidInput(RequestError):
     status, kind = 400, "InvalidInput"
 
 
+class JSONTooComplex(RequestError):
+    """A JSON envelope nested deeper, or with more keys or containers, than an image request
+    needs: refused before (or instead of) parsing it."""
+
+    status, kind = 400, "JSONTooComplex"
+
+
+class TooManyParts(RequestError):
+    """More multipart fields than an image and its options."""
+
+    status, kind = 400, "TooManyParts"
+
+
 class NotAnImage(RequestError):
     status, kind = 400, "NotAnImage"
 
@@ -51,6 +64,19 @@ class CorruptImage(RequestError):
     """Recognised format, but the bytes are truncated or broken."""
 
     status, kind = 400, "CorruptImage"
+
+
+class ImageTooComplex(RequestError):
+    """A structure no real image needs and decoders pay for: thousands of JPEG scans or
+    markers, PNG chunks, GIF sub-blocks, a canvas far larger than its frame."""
+
+    status, kind = 400, "ImageTooComplex"
+
+
+class ExtremeAspectRatio(RequestError):
+    """Sides so unequal that the resize would produce a huge image (1 x 4000)."""
+
+    status, kind = 400, "ExtremeAspectRatio"
 
 
 class UnsupportedFormat(RequestError):
@@ -68,6 +94,8 @@ class TooManyPixels(RequestError):
 
 
 class ServerError(RequestError):
-    """The server, not the client, failed this request (a model error, out of memory)."""
+    """The server, not the client, failed this request: the model call failed for it (after
+    the batch was bisected down to this item), or memory ran out (507 OutOfResources), or a
+    bug in the handler (500 InternalError)."""
 
-    status, kind = 503, "InferenceFailed"
+    status, kind = 500, "InferenceFailed"

@@ -3,8 +3,12 @@
 TorchServe hands the handler one dict per request:
 - raw body (`curl -T img.jpg` or `--data-binary` with an image Content-Type): {"body": bytes}
 - multipart form (`curl -F data=@img.jpg -F top_k=5`): {"data": bytes, "top_k": b"5"}
-- JSON (`{"image": "<base64>", "top_k": 5}`): {"body": {...}}, already parsed by the worker
-- text/* bodies arrive decoded to str: treated as base64
+- JSON (`{"image": "<base64>", "top_k": 5}`) and text/* (base64, data: URIs): {"body": bytes}
+
+The worker would parse JSON bodies itself, before the handler could bound them (a body nested
+200 000 deep costs its parser a RecursionError; 200 000 keys cost it a second); the handler
+turns that off (TS_DECODE_INPUT_REQUEST=false, see service.py) and parses here, after cheap
+checks of the raw bytes: size, number of containers and keys. Every limit has its own 4xx.
 """
 
 from __future__ import annotations
@@ -16,11 +20,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handler.errors import EmptyInput, InvalidInput, PayloadTooLarge
+from handler.errors import EmptyInput, InvalidInput, JSONTooComplex, PayloadTooLarge, TooManyParts
 
 # Field names that may carry the image, in order of preference.
 IMAGE_FIELDS = ("data", "file", "image", "body", "img", "b64", "image_base64", "instances")
 OPTION_FIELDS = ("top_k",)
+# Envelope limits: far above what an image request needs, far below what costs a parser.
+MAX_TOP_K = 1000
+MAX_FIELDS = 16  # multipart parts, and keys of one JSON object
+MAX_JSON_CONTAINERS = 16  # "{" and "[" in a JSON body (the deepest style has 3)
+MAX_JSON_DEPTH = 2  # {"instances": [{"b64": ...}]} needs 1
+JSON_TYPE, OCTET_STREAM = "application/json", "application/octet-stream"
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \t\r\n"
 
 
 @dataclass(frozen=True)
@@ -39,8 +50,8 @@ def _parse_top_k(value: Any) -> int:
         top_k = int(_as_text(value).strip())
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"top_k must be a positive integer, got {value!r:.40}") from exc
-    if top_k < 1:
-        raise InvalidInput(f"top_k must be a positive integer, got {top_k}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise InvalidInput(f"top_k must be between 1 and {MAX_TOP_K}, got {top_k}")
     return top_k
 
 
@@ -66,13 +77,19 @@ def decode_base64(text: str, max_bytes: int) -> bytes:
         raise InvalidInput(f"image field is not valid base64: {exc}") from exc
 
 
-def _from_json(document: Any, max_bytes: int) -> tuple[bytes, RequestOptions]:
-    if isinstance(document, list) and len(document) == 1:
+def _from_json(document: Any, max_bytes: int, depth: int = 0) -> tuple[bytes, RequestOptions]:
+    if depth > MAX_JSON_DEPTH:
+        raise JSONTooComplex(f"JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(document, list):
+        if len(document) != 1:
+            raise InvalidInput(f"one image per request; this JSON list has {len(document)}")
         document = document[0]
     if isinstance(document, str):
         return decode_base64(document, max_bytes), RequestOptions()
     if not isinstance(document, Mapping):
         raise InvalidInput('JSON body must be an object like {"image": "<base64>"}')
+    if len(document) > MAX_FIELDS:
+        raise JSONTooComplex(f"JSON object has {len(document)} keys; at most {MAX_FIELDS}")
     options = RequestOptions(top_k=_parse_top_k(document["top_k"]) if "top_k" in document else None)
     for name in IMAGE_FIELDS:
         value = document.get(name)
@@ -80,8 +97,29 @@ def _from_json(document: Any, max_bytes: int) -> tuple[bytes, RequestOptions]:
             return decode_base64(value, max_bytes), options
         if isinstance(value, (Mapping, list)):
             # {"instances": [{"b64": ...}]} and {"data": {"b64": ...}} styles
-            return _from_json(value, max_bytes)[0], options
+            return _from_json(value, max_bytes, depth + 1)[0], options
     raise InvalidInput(f"JSON body has no base64 image; put it in one of {list(IMAGE_FIELDS[:4])}")
+
+
+def _parse_json(raw: bytes, max_bytes: int) -> Any:
+    """Bounded before the parser runs: size, then containers and keys counted at C speed."""
+    if len(raw) > max_bytes * 4 // 3 + 4096:
+        raise PayloadTooLarge(
+            f"JSON body is {len(raw)} bytes, over what a {max_bytes} byte image needs"
+        )
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > MAX_JSON_CONTAINERS:
+        raise JSONTooComplex(
+            f"JSON body has {containers} objects/arrays; at most {MAX_JSON_CONTAINERS}"
+        )
+    if raw.count(b":") > MAX_FIELDS * MAX_JSON_CONTAINERS:
+        raise JSONTooComplex("JSON body has more keys than an image request needs")
+    try:
+        return json.loads(raw)
+    except RecursionError as exc:
+        raise JSONTooComplex("JSON body is nested too deeply") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body looks like JSON but does not parse: {exc}") from exc
 
 
 def _looks_like_json(raw: bytes) -> bool:
@@ -89,9 +127,20 @@ def _looks_like_json(raw: bytes) -> bool:
     return head[:1] in (b"{", b"[")
 
 
-def extract_image(request: Mapping[str, Any], max_bytes: int) -> tuple[bytes, RequestOptions]:
-    """One request dict -> (image bytes, options). Raises a RequestError subclass on bad input."""
-    image, options = _extract(request, max_bytes)
+def _looks_like_base64_text(raw: bytes) -> bool:
+    """Only base64 characters: binary image formats never are."""
+    return not raw.translate(None, _BASE64_ALPHABET)
+
+
+def extract_image(
+    request: Mapping[str, Any], max_bytes: int, content_type: str = ""
+) -> tuple[bytes, RequestOptions]:
+    """One request dict -> (image bytes, options). Raises a RequestError subclass on bad input.
+
+    content_type is the HTTP request's: image/* and application/octet-stream bodies are the
+    image's bytes, text/* is base64 (or a data: URI), application/json is JSON; without one
+    (multipart parts) the bytes say which they are."""
+    image, options = _extract(request, max_bytes, content_type.split(";")[0].strip().lower())
     if not image:
         raise EmptyInput("the image is empty")
     if len(image) > max_bytes:
@@ -99,9 +148,13 @@ def extract_image(request: Mapping[str, Any], max_bytes: int) -> tuple[bytes, Re
     return image, options
 
 
-def _extract(request: Mapping[str, Any], max_bytes: int) -> tuple[bytes, RequestOptions]:
+def _extract(
+    request: Mapping[str, Any], max_bytes: int, content_type: str
+) -> tuple[bytes, RequestOptions]:
     if not request:
         raise EmptyInput("the request carries no data")
+    if len(request) > MAX_FIELDS:
+        raise TooManyParts(f"the request has {len(request)} parts; send the image and top_k")
     top_k = _parse_top_k(request["top_k"]) if "top_k" in request else None
     candidates = [name for name in IMAGE_FIELDS if name in request]
     candidates += [n for n in request if n not in IMAGE_FIELDS and n not in OPTION_FIELDS]
@@ -109,7 +162,7 @@ def _extract(request: Mapping[str, Any], max_bytes: int) -> tuple[bytes, Request
         raise EmptyInput("the request carries no image field")
     value = request[candidates[0]]
 
-    if isinstance(value, (Mapping, list)):
+    if isinstance(value, (Mapping, list)):  # JSON the worker parsed (if its decoding is on)
         image, options = _from_json(value, max_bytes)
         return image, RequestOptions(top_k=options.top_k or top_k)
     if isinstance(value, str):
@@ -118,13 +171,18 @@ def _extract(request: Mapping[str, Any], max_bytes: int) -> tuple[bytes, Request
         raise InvalidInput(f"unsupported request payload type {type(value).__name__}")
 
     raw = bytes(value)
-    if raw and _looks_like_json(raw):
-        # JSON sent without a JSON Content-Type reaches us as bytes.
-        try:
-            document = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+    declared_binary = content_type.startswith("image/") or content_type == OCTET_STREAM
+    if not raw or declared_binary:
+        return raw, RequestOptions(top_k=top_k)
+    if content_type == JSON_TYPE or _looks_like_json(raw):
+        image, options = _from_json(_parse_json(raw, max_bytes), max_bytes)
+        return image, RequestOptions(top_k=options.top_k or top_k)
+    if content_type.startswith("text/") or raw.startswith(b"data:"):
+        text = raw.decode("ascii", errors="replace")
+        return decode_base64(text, max_bytes), RequestOptions(top_k=top_k)
+    if _looks_like_base64_text(raw):
+        try:  # an undeclared part of base64 text; if it does not decode, it is just bytes
+            return decode_base64(raw.decode("ascii"), max_bytes), RequestOptions(top_k=top_k)
+        except InvalidInput:
             pass
-        else:
-            image, options = _from_json(document, max_bytes)
-            return image, RequestOptions(top_k=options.top_k or top_k)
     return raw, RequestOptions(top_k=top_k)

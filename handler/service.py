@@ -1,15 +1,24 @@
 """TorchServe glue: load once per worker, then turn each batch of requests into answers.
 
-Every item of a batch is decoded on its own; an item that fails gets its own 4xx status and JSON
-error through context.set_response_status, and the rest of the batch goes on to the model.
+Isolation is a mechanism here, not a list of caught exceptions:
+- every per-item stage (extract, decode + resize, answer) runs under one guard that turns any
+  exception into that item's error: its own 4xx where the request caused it, 507 when memory
+  ran out, 500 for a fault of the server's, logged with the item's index, never raised;
+- the model call, the one place a failure touches several items, is retried in halves when it
+  fails (within 1 + 2 log2(n) calls), so a poison item or a batch too big for the device costs
+  only the items that cannot run.
+Each item's status and JSON body go back through context.set_response_status.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +40,24 @@ from modelspec.meta import META_FILENAME, ModelMeta
 log = logging.getLogger(__name__)
 JSON_CONTENT_TYPE = "application/json"
 CACHE_URL_ENV = "GAMEART_CACHE_URL"
+# TorchServe's worker parses JSON and text bodies before the handler sees them, unbounded; with
+# this off they arrive as bytes and handler/inputs.py bounds them before parsing. The worker
+# reads it per request, so setting it when the handler loads is enough.
+WORKER_DECODING_ENV = "TS_DECODE_INPUT_REQUEST"
 
 
 @dataclass
 class Item:
     """One request on its way through the batch."""
 
+    index: int = 0
+    content_type: str = ""  # the HTTP request's, which says how to read its body
     top_k: int = 0
     image: bytes = b""
     cache_key: str = ""
     crop: torch.Tensor | None = None  # (3, size, size) uint8
     probabilities: list[float] | None = None
+    body: dict[str, Any] | None = None  # the answer, once built
     from_cache: bool = False
     error: RequestError | None = None
 
@@ -64,6 +80,7 @@ class ImageClassifierService:
 
     # ---- load ------------------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
+        os.environ[WORKER_DECODING_ENV] = "false"
         props = context.system_properties
         model_dir = Path(props["model_dir"])
         yaml_config = context.model_yaml_config or {}
@@ -109,7 +126,11 @@ class ImageClassifierService:
         version = str(context.manifest["model"].get("modelVersion", ""))
         meta_file = model_file.parent / META_FILENAME
         self.model_key = model_identity(
-            name, version, model_file.read_bytes(), meta_file.read_bytes()
+            name,
+            version,
+            model_file.read_bytes(),
+            meta_file.read_bytes(),
+            self.config.answer_settings(),
         )
         self.cache = RedisCache(url, self.config.cache_ttl_s, self.config.cache_timeout_ms)
         log.info("answers cached in Redis for %ds (model key %s)", self.cache.ttl_s, self.model_key)
@@ -125,23 +146,22 @@ class ImageClassifierService:
     # ---- per batch -------------------------------------------------------------------------
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         started = time.perf_counter()
-        items = [self.extract(request) for request in data]
+        items = [
+            Item(index=i, content_type=_header(context, i, "content-type"))
+            for i in range(len(data))
+        ]
+        for item, request in zip(items, data, strict=True):
+            self.guarded(item, "extract", functools.partial(self.extract, request=request))
         hits = self.lookup(items)
-        self._map(self.decode, [item for item in items if item.needs_model])
+        self._map(lambda it: self.guarded(it, "decode", self.decode), self._waiting(items))
         decoded = time.perf_counter()
-        computed = self.infer(
-            [item for item in items if item.needs_model and item.crop is not None]
-        )
-        self.store(computed)
-        answers = []
-        for i, item in enumerate(items):
-            if item.error is not None:
-                context.set_response_status(item.error.status, item.error.reason_phrase, i)
-                answers.append(item.error.body())
-            else:
-                answers.append(answer(item.probabilities, self.meta.class_names, item.top_k))
-            context.set_response_content_type(i, JSON_CONTENT_TYPE)
-        self._emit_cache_metrics(context, hits, len(computed))
+        computed = self.infer([item for item in self._waiting(items) if item.crop is not None])
+        answers = [self.answer(item, context) for item in items]
+        try:  # bookkeeping: its failure must not cost the answers already made
+            self.store(computed)
+            self._emit_cache_metrics(context, hits, len(computed))
+        except Exception:
+            log.exception("storing answers in the cache or reporting its metrics failed")
         finished = time.perf_counter()
         rejected = sum(item.error is not None for item in items)
         log.info(
@@ -154,15 +174,25 @@ class ImageClassifierService:
             (decoded - started) * 1e3,
             (finished - decoded) * 1e3,
         )
-        return [json.dumps(a, separators=(",", ":")) for a in answers]
+        return answers
 
-    def extract(self, request: dict[str, Any]) -> Item:
-        """The image bytes and options of one request, or its 4xx."""
+    @staticmethod
+    def _waiting(items: list[Item]) -> list[Item]:
+        return [item for item in items if item.needs_model]
+
+    def guarded(self, item: Item, stage: str, work: Callable[[Item], None]) -> None:
+        """Run one per-item stage; whatever it raises becomes this item's error, nothing more."""
         try:
-            image, options = extract_image(request, self.config.max_image_bytes)
+            work(item)
         except RequestError as error:
-            return Item(error=error)
-        return Item(top_k=options.top_k or self.config.top_k, image=image)
+            item.error = error
+        except Exception as exc:  # MemoryError and torch's allocation failures included
+            item.error = _server_error(exc, f"request {item.index}: {stage}")
+
+    def extract(self, item: Item, request: dict[str, Any]) -> None:
+        """The image bytes and options of one request."""
+        item.image, options = extract_image(request, self.config.max_image_bytes, item.content_type)
+        item.top_k = options.top_k or self.config.top_k
 
     def lookup(self, items: list[Item]) -> int:
         """Answer what the cache already knows; returns how many it did."""
@@ -171,45 +201,69 @@ class ImageClassifierService:
         wanted = [item for item in items if item.error is None]
         for item in wanted:
             item.cache_key = image_key(self.model_key, item.image)
-        found = self.cache.get_many([item.cache_key for item in wanted])
+        found = self.cache.get_many([item.cache_key for item in wanted], self.meta.num_classes)
         for item, cached in zip(wanted, found, strict=True):
-            if cached is not None and len(cached) == self.meta.num_classes:
+            if cached is not None:
                 item.probabilities, item.from_cache = cached, True
         return sum(item.from_cache for item in wanted)
 
     def decode(self, item: Item) -> None:
-        """Bytes -> a uint8 crop ready to batch, or the item's 4xx."""
+        """Bytes -> a uint8 crop ready to batch."""
         spec = self.meta.preprocess
-        try:
-            image = decode_image(
-                item.image,
-                max_pixels=self.config.max_image_pixels,
-                policy=spec.decode,
-                draft_min_size=spec.draft_size(self.config.jpeg_draft_oversample),
-            )
-            item.crop = resize_crop(image, spec)
-        except RequestError as error:
-            item.error = error
-        except MemoryError:
-            item.error = ServerError(
-                "out of memory while decoding", status=507, kind="OutOfResources"
-            )
+        image = decode_image(
+            item.image,
+            max_pixels=self.config.max_image_pixels,
+            policy=spec.decode,
+            draft_min_size=spec.draft_size(self.config.jpeg_draft_oversample),
+            max_aspect_ratio=self.config.max_aspect_ratio,
+        )
+        item.crop = resize_crop(image, spec)
 
     def infer(self, items: list[Item]) -> list[Item]:
-        """Run the model once for the batch; a failure becomes a 5xx for these items only."""
+        """Run the model for the batch; on failure, in halves, so only failing items fail."""
         if not items:
             return []
+        budget = [1 + 2 * math.ceil(math.log2(len(items)))]
+        self._run_model(items, budget)
+        return [item for item in items if item.probabilities is not None]
+
+    def _run_model(self, items: list[Item], budget: list[int]) -> None:
+        if budget[0] <= 0:
+            for item in items:
+                item.error = ServerError("the model call failed for this batch; see the model log")
+            return
+        budget[0] -= 1
         try:
             logits = self.backend(self.normalizer([item.crop for item in items]))
             rows = probabilities(logits, self.meta.num_classes)
         except Exception as exc:
-            failure = _server_error(exc)
-            for item in items:
-                item.error = failure
-            return []
+            if len(items) == 1 or budget[0] < 2:
+                failure = _server_error(exc, f"model call on {len(items)} item(s)", model=True)
+                for item in items:
+                    item.error = failure
+                return
+            log.warning("model call failed on %d items (%s); retrying in halves", len(items), exc)
+            half = len(items) // 2
+            self._run_model(items[:half], budget)
+            self._run_model(items[half:], budget)
+            return
         for item, row in zip(items, rows, strict=True):
             item.probabilities = row
-        return items
+
+    def build_answer(self, item: Item) -> None:
+        item.body = answer(item.probabilities, self.meta.class_names, item.top_k)
+
+    def answer(self, item: Item, context: Any) -> str:
+        """The item's JSON answer or error; its status and content type on the context."""
+        if item.error is None:
+            self.guarded(item, "answer", self.build_answer)
+        if item.error is not None:
+            context.set_response_status(item.error.status, item.error.reason_phrase, item.index)
+            body = item.error.body()
+        else:
+            body = item.body
+        context.set_response_content_type(item.index, JSON_CONTENT_TYPE)
+        return json.dumps(body, separators=(",", ":"))
 
     def store(self, items: list[Item]) -> None:
         if self.cache is not None and items:
@@ -239,9 +293,24 @@ class ImageClassifierService:
         return list(self.pool.map(function, items))
 
 
-def _server_error(exc: Exception) -> ServerError:
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        log.error("out of memory during inference", exc_info=True)
+def _header(context: Any, index: int, name: str) -> str:
+    """One request header, whatever case the client wrote it in ("" when absent)."""
+    try:
+        headers = context.get_all_request_header(index) or {}
+    except Exception:  # a context without the request's headers: judge the bytes alone
+        return ""
+    value = next((v for k, v in headers.items() if str(k).lower() == name), "")
+    return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _server_error(exc: BaseException, where: str, model: bool = False) -> ServerError:
+    """The server's own failure for the items it touched: 507 when memory ran out, else 500
+    (InferenceFailed from the model call, InternalError from the handler's own code)."""
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text:
+        log.error("%s: out of memory (%s)", where, exc)
         return ServerError("the server ran out of memory", status=507, kind="OutOfResources")
-    log.exception("inference failed")
-    return ServerError("inference failed on the server; see the model log")
+    log.exception("%s failed", where)
+    if model:
+        return ServerError("inference failed on the server; see the model log")
+    return ServerError("the server failed on this request; see the model log", kind="InternalError")

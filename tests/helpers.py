@@ -190,6 +190,10 @@ class FakeContext:
         self.model_yaml_config = yaml_config or {}
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.request_headers: dict[int, dict[str, str]] = {}  # what the client sent, per request
+
+    def get_all_request_header(self, idx: int) -> dict[str, str]:
+        return self.request_headers.get(idx, {})
 
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         self.statuses[idx] = (code, phrase)
@@ -207,3 +211,10 @@ def statuses(context: FakeContext, count: int) -> list[int]:
 
 def requests_for(images: Iterable[bytes]) -> list[dict[str, Any]]:
     return [{"body": bytearray(data)} for data in images]
+
+
+def as_torchserve_request(body: bytes) -> dict[str, Any]:
+    """The request dict a TorchServe worker hands the handler for a raw body. The handler turns
+    the worker's own JSON/text decoding off (TS_DECODE_INPUT_REQUEST=false), so every body
+    arrives as bytes, whatever its content type (which the context's headers carry)."""
+    return {"body": bytearray(body)}

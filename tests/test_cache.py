@@ -150,7 +150,7 @@ def timed_lookup(service, images: list[bytes]) -> tuple[list, float]:
     """The cache's part of a batch: one lookup of these images' keys, and its seconds."""
     keys = [image_key(service.model_key, image) for image in images]
     started = time.monotonic()
-    found = service.cache.get_many(keys)
+    found = service.cache.get_many(keys, service.meta.num_classes)
     return found, time.monotonic() - started
 
 
@@ -211,7 +211,7 @@ def test_unreachable_url_is_not_fatal_at_load(exported_small):
 def test_cache_unit_without_server():
     (port,) = free_ports(1)
     cache = RedisCache(f"redis://127.0.0.1:{port}/0", ttl_s=60, timeout_ms=20, retry_after_s=60)
-    assert cache.get_many(["a", "b"]) == [None, None]
+    assert cache.get_many(["a", "b"], 4) == [None, None]
     assert cache.stats.errors == 1
-    assert cache.get_many(["a"]) == [None] and cache.stats.bypassed == 1
+    assert cache.get_many(["a"], 4) == [None] and cache.stats.bypassed == 1
     cache.set_many({"a": [1.0]})  # silently skipped while down

@@ -6,9 +6,11 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from handler.errors import EmptyInput, InvalidInput, PayloadTooLarge
-from handler.inputs import decode_base64, extract_image
+from handler.errors import EmptyInput, InvalidInput, PayloadTooLarge, RequestError
+from handler.inputs import MAX_TOP_K, decode_base64, extract_image
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
 LIMIT = 1000
@@ -93,7 +95,7 @@ def test_bad_requests(request_dict, error):
 
 
 def test_byte_limit_raw_and_base64():
-    big = b"x" * (LIMIT + 1)
+    big = b"\x01" * (LIMIT + 1)
     with pytest.raises(PayloadTooLarge) as info:
         extract_image({"body": bytearray(big)}, LIMIT)
     assert info.value.status == 413
@@ -101,4 +103,97 @@ def test_byte_limit_raw_and_base64():
         extract_image({"body": {"image": b64(big * 10)}}, LIMIT)  # refused before decoding
     with pytest.raises(PayloadTooLarge):
         extract_image({"body": {"image": b64(big)}}, LIMIT)  # caught after decoding
-    assert extract_image({"body": bytearray(b"x" * LIMIT)}, LIMIT)[0] == b"x" * LIMIT
+    assert extract_image({"body": bytearray(b"\x01" * LIMIT)}, LIMIT)[0] == b"\x01" * LIMIT
+
+
+def test_the_content_type_decides_what_a_body_is():
+    image = b"\x89PNG\r\n\x1a\n" + b"\x00" * 20
+    text = base64.b64encode(image)
+    assert extract_image({"body": bytearray(text)}, LIMIT, "text/plain")[0] == image
+    assert extract_image({"body": bytearray(text)}, LIMIT, "image/png")[0] == text  # as sent
+    assert extract_image({"body": bytearray(text)}, LIMIT, "application/octet-stream")[0] == text
+    assert extract_image({"body": bytearray(text)}, LIMIT)[0] == image  # undeclared: sniffed
+    document = b'{"image": "' + text + b'", "top_k": 2}'
+    decoded, options = extract_image({"body": bytearray(document)}, LIMIT, "application/json")
+    assert decoded == image and options.top_k == 2
+    with pytest.raises(InvalidInput):
+        extract_image({"body": bytearray(b"{not json")}, LIMIT, "application/json")
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "JSONTooComplex"),
+        (b'{"image":' * 20 + b'"AAAA"' + b"}" * 20, "JSONTooComplex"),
+        (b"{" + b",".join(b'"k%d":1' % i for i in range(1000)) + b"}", "JSONTooComplex"),
+        (b'{"image": "AAAA", "top_k": 1e400}', "InvalidInput"),
+        (b'{"image": "AAAA", "top_k": ' + b"9" * 5000 + b"}", "InvalidInput"),
+        (b'{"image": 5}', "InvalidInput"),
+        (b"[1, 2]", "InvalidInput"),
+    ],
+)
+def test_json_envelopes_are_bounded_before_parsing(body, kind):
+    with pytest.raises(RequestError) as info:
+        extract_image({"body": bytearray(body)}, 12 * 2**20, "application/json")
+    assert info.value.kind == kind and info.value.status == 400
+
+
+# ---- fuzzing the envelope ------------------------------------------------------------------
+JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(["AAAA", "iVBORw0KGgo=", "data:image/png;base64,AAAA", "%%%", ""]),
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["image", "data", "b64", "instances", "top_k", "body", "x", "é"]),
+            children,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+def _bounded(call) -> None:
+    try:
+        image, options = call()
+    except RequestError as error:
+        assert 400 <= error.status < 500 and error.message
+    else:
+        assert isinstance(image, bytes) and image
+        assert options.top_k is None or 1 <= options.top_k <= MAX_TOP_K
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=JSON_VALUES, content_type=st.sampled_from(["application/json", "", "text/plain"]))
+def test_fuzzed_json_envelopes_only_raise_request_errors(document, content_type):
+    raw = json.dumps(document).encode()
+    _bounded(lambda: extract_image({"body": bytearray(raw)}, LIMIT, content_type))
+    _bounded(lambda: extract_image({"body": document}, LIMIT))  # as a decoding worker hands it
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=st.binary(max_size=300)
+    | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    | st.builds(lambda n, c: c * n, st.integers(0, 5000), st.sampled_from([b"[", b"{", b'{"a":'])),
+    content_type=st.sampled_from(
+        ["", "application/json", "text/plain", "image/jpeg", "application/octet-stream", "x/y"]
+    ),
+    top_k=st.none() | st.binary(max_size=12) | st.text(max_size=12),
+    fields=st.integers(0, 40),
+)
+def test_fuzzed_raw_and_multipart_bodies_only_raise_request_errors(
+    raw, content_type, top_k, fields
+):
+    request = {"data": bytearray(raw)} | {f"part{i}": b"x" for i in range(fields)}
+    if top_k is not None:
+        request["top_k"] = top_k
+    _bounded(lambda: extract_image(request, LIMIT, content_type))

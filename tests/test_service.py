@@ -117,7 +117,7 @@ def test_model_failure_is_a_server_error_for_good_items_only(exported_small, mon
 
     monkeypatch.setattr(service, "backend", broken)
     answers = [json.loads(a) for a in service.handle(requests_for([GOOD[0], b"junk"]), context)]
-    assert statuses(context, 2) == [503, 400]
+    assert statuses(context, 2) == [500, 400]
     assert answers[0]["type"] == "InferenceFailed"
 
 
