@@ -1,7 +1,8 @@
 """Load what users bring: state_dicts in their usual wrappings, whole pickled modules, TorchScript.
 
 Formats, detected from the file:
-- TorchScript archive (torch.jit.save)                -> "torchscript"
+- TorchScript archive (torch.jit.save): code, so only
+  with --trust-checkpoint                            -> "torchscript"
 - whole module, torch.save(model); runs pickled code,
   so only with --trust-checkpoint                      -> "pickled-module"
 - {"model_state_dict": ...}, {"state_dict": ...}, ...  -> "state-dict-in-<key>"
@@ -71,6 +72,11 @@ def load_checkpoint(path: Path, arch: str | None = None, trust: bool = False) ->
         raise CheckpointError(f"checkpoint not found: {path}")
     digest = sha256_of(path)
     if is_torchscript_archive(path):
+        if not trust:
+            raise CheckpointError(
+                f"{path.name} is a TorchScript file: it carries code that runs when it is "
+                "loaded. If you trust where it came from, re-run with --trust-checkpoint."
+            )
         model = torch.jit.load(str(path), map_location="cpu").eval()
         return LoadedModel(model, arch or "torchscript", "torchscript", sha256=digest)
 

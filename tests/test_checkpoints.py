@@ -95,7 +95,9 @@ def test_torchscript_file(tmp_path, batch):
     path = tmp_path / "model.ts"
     with torch.no_grad():
         torch.jit.save(torch.jit.trace(model, batch), str(path))
-    loaded = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"TorchScript file.*--trust-checkpoint"):
+        load_checkpoint(path)  # a TorchScript file carries code, like a pickle
+    loaded = load_checkpoint(path, trust=True)
     assert loaded.format == "torchscript" and loaded.is_torchscript
     assert same_function(model, loaded.model, batch)
 

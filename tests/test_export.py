@@ -218,7 +218,9 @@ def test_torchscript_checkpoint_exports_too(tmp_path):
     with torch.no_grad():
         torch.jit.save(torch.jit.trace(model, torch.randn(1, 3, 224, 224)), str(path))
     out = tmp_path / "out"
-    assert cli.main(["--checkpoint", str(path), "--out", str(out), "--class-names", "x,y,z"]) == 0
+    argv = ["--checkpoint", str(path), "--out", str(out), "--class-names", "x,y,z"]
+    assert cli.main(argv) == 2  # code in the file: refused without the flag
+    assert cli.main([*argv, "--trust-checkpoint"]) == 0
     meta = ModelMeta.load(out)
     assert meta.source["format"] == "torchscript" and meta.architecture == "torchscript"
 
