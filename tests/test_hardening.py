@@ -9,6 +9,7 @@ import random
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -24,7 +25,13 @@ from scripts.sample_images import upload_mix
 from scripts.tsclient import free_ports, prometheus_value
 from tests import torchserve
 from tests.components import require
-from tests.helpers import encode, gradient_rgb, real_images
+from tests.helpers import (
+    assert_answers_match,
+    encode,
+    gradient_rgb,
+    real_images,
+    reference_probabilities,
+)
 
 pytestmark = pytest.mark.integration
 GOOD = upload_mix()[0].body
@@ -54,6 +61,17 @@ def server(tmp_path_factory, exported_small):
     running = torchserve.start(root / "run", store)
     yield running
     running.stop()
+
+
+def test_answers_on_the_project_policy_equal_the_eager_model(server, exported_small):
+    """The small model is served on the project decode policy (alpha over white, EXIF
+    applied): every parity image, sent at once, gets its own reference answer."""
+    images = [p.read_bytes() for p in real_images()]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda data: server.client.predict("small", data), images))
+    assert [r.status_code for r in responses] == [200] * len(images)
+    expected = reference_probabilities(exported_small.model, images, exported_small.meta.preprocess)
+    assert_answers_match([r.json() for r in responses], expected, exported_small.meta.class_names)
 
 
 # ---- security ------------------------------------------------------------------------------
