@@ -9,6 +9,8 @@ and a batch that filled proves the four travelled together.
 from __future__ import annotations
 
 import base64
+import json
+import random
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
+from scripts.hostile_inputs import corpus
 from scripts.tsclient import prometheus_value
 from tests import torchserve
 from tests.helpers import (
@@ -212,3 +215,101 @@ def test_clean_shutdown(tmp_path, exported_small):
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
     assert not (server.run_dir / "key_file.json").exists()
     assert server.stop() is False  # idempotent
+
+
+# ---- isolation: hostile and fuzzed requests inside batches of good ones ---------------------
+def good_and(client, model: str, odd: dict) -> tuple[list[requests.Response], list[bytes]]:
+    """Three good uploads and one odd request sent at once: with batchSize 4 they share a batch."""
+    good = [p.read_bytes() for p in IMAGES[2:5]]
+    payloads = [raw(good[0]), odd, raw(good[1]), raw(good[2])]
+    return post_all(client, model, payloads), good
+
+
+def assert_good_answers(exported, responses, good) -> None:
+    export = exported["screen_game"]
+    assert [r.status_code for r in responses] == [200] * len(good), [r.text for r in responses]
+    assert_answers_match(
+        [r.json() for r in responses], reference(export, good), export.meta.class_names
+    )
+
+
+@pytest.mark.parametrize("hostile", corpus(), ids=lambda h: h.name)
+def test_hostile_uploads_fail_alone_in_a_live_batch(server, exported, hostile):
+    odd = {"data": hostile.body, "headers": {"Content-Type": hostile.content_type}}
+    responses, good = good_and(server.client, "screen_game", odd)
+    assert responses[1].status_code == hostile.status, responses[1].text
+    assert responses[1].json()["type"] == hostile.kind
+    assert_good_answers(exported, [responses[0], *responses[2:]], good)
+
+
+def fuzzed_envelopes(count: int, seed: int = 20261125) -> list[tuple[str, dict]]:
+    """Odd envelopes a client can send: JSON of every shape and size, base64 variants,
+    multipart bodies with many parts, and content types that lie about the body."""
+    rng = random.Random(seed)
+    image = IMAGES[0].read_bytes()
+    b64 = base64.b64encode(image).decode()
+    makers = [
+        lambda: ("deep json", b"[" * rng.randint(20, 300_000) + b"]" * 5, "application/json"),
+        lambda: (
+            "deep object",
+            b'{"image":' * rng.randint(3, 60_000) + b'"AAAA"' + b"}" * 3,
+            "application/json",
+        ),
+        lambda: (
+            "many keys",
+            json.dumps({f"k{i}": i for i in range(rng.randint(17, 50_000))}).encode(),
+            "application/json",
+        ),
+        lambda: (
+            "huge number",
+            b'{"image": "' + b64.encode() + b'", "top_k": 1e999}',
+            "application/json",
+        ),
+        lambda: ("duplicate keys", b'{"image": 1, "image": [], "image": {}}', "application/json"),
+        lambda: (
+            "unicode",
+            json.dumps({"image": "é" * rng.randint(1, 5000)}).encode(),
+            "application/json",
+        ),
+        lambda: (
+            "wrong type",
+            json.dumps({"image": rng.choice([None, 3, True, [1, 2]])}).encode(),
+            "application/json",
+        ),
+        lambda: ("invalid utf-8", b'{"image": "\xff\xfe"}', "application/json"),
+        lambda: ("image as json", image, "application/json"),
+        lambda: ("json as image", json.dumps({"image": b64}).encode(), "image/jpeg"),
+        lambda: ("base64 broken", (b64[: rng.randint(1, 400)] + "!*").encode(), "text/plain"),
+        lambda: (
+            "base64 wrapped",
+            "\n".join(b64[i : i + 76] for i in range(0, len(b64), 76)).encode(),
+            "text/plain",
+        ),
+        lambda: ("binary as text", bytes(rng.randbytes(300)), "text/plain"),
+        lambda: (
+            "data uri not base64",
+            b"data:image/png," + bytes(rng.randbytes(40)),
+            "text/plain",
+        ),
+    ]
+    cases = []
+    for _ in range(count):
+        name, body, content_type = rng.choice(makers)()
+        cases.append((name, {"data": body, "headers": {"Content-Type": content_type}}))
+    parts = {f"part{i}": (None, b"x") for i in range(40)} | {"data": ("a.png", image, "image/png")}
+    cases.append(("40 multipart parts", {"files": parts}))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("name", "odd"), fuzzed_envelopes(30), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_fuzzed_envelopes_cost_only_themselves(server, exported, name, odd):
+    """Whatever the odd request is, it gets a 200 (if it happens to be a valid image request)
+    or its own 4xx with a JSON error; the three good requests beside it get their answers."""
+    responses, good = good_and(server.client, "screen_game", odd)
+    status = responses[1].status_code
+    assert status == 200 or 400 <= status < 500, (name, responses[1].text)
+    if status != 200:
+        assert {"code", "type", "message"} <= set(responses[1].json())
+    assert_good_answers(exported, [responses[0], *responses[2:]], good)
