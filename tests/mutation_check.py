@@ -6,8 +6,9 @@
 
 Each mutation is a one-line edit of the serving code (applied to the working tree and always
 restored) that a user would feel: answers on the wrong background, through the wrong decode
-policy, in the wrong order, on unnormalised pixels, under the wrong class names. For each, the
-listed tests are run and must fail. Not part of `make test` (the heavy tests once per mutation).
+policy, in the wrong order, on unnormalised pixels, under the wrong class names, or a batch
+that one item's failure costs again. For each, the listed tests are run and must fail. Not
+part of `make test` (it runs the heavy tests once per mutation).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ["tests/test_service.py", "tests/test_decode_policy.py", "tests/test_preprocess.py"]
+ISOLATION = ["tests/test_isolation.py"]
 HTTP = ["tests/test_torchserve_integration.py"]
 
 
@@ -69,6 +71,20 @@ MUTATIONS = [
         "names = [class_names[1], class_names[0], *class_names[2:]]\n"
         '    top = [{"label": names[i], "probability": round(float(row[i]), 6)} for i in order]',
         (*UNIT, *HTTP),
+    ),
+    Mutation(
+        "guard",  # the per-item guard catches only what the code expected
+        "handler/service.py",
+        "except Exception as exc:  # MemoryError and torch's allocation failures included",
+        "except MemoryError as exc:",
+        (*ISOLATION, *HTTP),
+    ),
+    Mutation(
+        "bisect",  # a failing model call fails the whole batch again
+        "handler/service.py",
+        "if len(items) == 1 or budget[0] < 2:",
+        "if True:",
+        (*ISOLATION, *HTTP),
     ),
 ]
 
