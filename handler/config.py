@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from handler.decode import DEFAULT_MAX_ASPECT_RATIO
 from modelspec.imaging import DEFAULT_DRAFT_OVERSAMPLE
 
@@ -29,6 +31,10 @@ class HandlerConfig:
     jpeg_draft_oversample: float = DEFAULT_DRAFT_OVERSAMPLE
     intra_op_threads: int = 0  # 0: cores / workers sharing the host (see resolved_threads)
     decode_threads: int = 0  # 0: same as intra_op_threads; 1 decodes in the worker thread
+    # Plain JPEGs decoded a batch at a time on the model's device (nvJPEG; handler/gpu_decode.py)
+    # after the CPU checked their headers. auto: on for GPU workers; on: on any device (on a
+    # CPU, torchvision's libjpeg-turbo decoder, one call per batch); off: Pillow per item.
+    gpu_decode: str = "auto"
     warmup: bool = True
     keep_freed_memory: bool = True  # glibc malloc tuning, see handler/allocator.py
     # Redis cache of answers (see handler/cache.py): off unless a URL is set here or in the
@@ -45,17 +51,21 @@ class HandlerConfig:
         unknown = sorted(set(section) - set(known))
         if unknown:
             raise ValueError(f"unknown handler settings: {unknown}; known: {sorted(known)}")
+        if isinstance(section.get("gpu_decode"), bool):  # YAML 1.1 reads a bare on/off so
+            section["gpu_decode"] = "on" if section["gpu_decode"] else "off"
         config = cls(**section)
         config.validate()
         return config
 
     def validate(self) -> None:
-        if self.backend not in ("torchscript", "onnx"):
-            raise ValueError(f"backend must be torchscript or onnx, got {self.backend!r}")
+        if self.backend not in ("torchscript", "onnx", "aoti"):
+            raise ValueError(f"backend must be torchscript, onnx or aoti, got {self.backend!r}")
         if self.precision not in ("fp32", "fp16", "int8"):
             raise ValueError(f"precision must be fp32, fp16 or int8, got {self.precision!r}")
         if self.precision == "int8" and self.backend != "onnx":
             raise ValueError("int8 is an ONNX Runtime model: use backend onnx")
+        if self.gpu_decode not in ("auto", "on", "off"):
+            raise ValueError(f"gpu_decode must be auto, on or off, got {self.gpu_decode!r}")
         if self.top_k < 1:
             raise ValueError("top_k must be at least 1")
         if self.max_image_bytes < 1 or self.max_image_pixels < 1 or self.max_aspect_ratio < 1:
@@ -67,8 +77,18 @@ class HandlerConfig:
 
     def answer_settings(self) -> bytes:
         """The settings that change what an image is answered (for the cache key)."""
-        keys = ("max_image_bytes", "max_image_pixels", "max_aspect_ratio", "jpeg_draft_oversample")
+        keys = (
+            "max_image_bytes",
+            "max_image_pixels",
+            "max_aspect_ratio",
+            "jpeg_draft_oversample",
+            "gpu_decode",
+        )
         return repr([(key, getattr(self, key)) for key in keys]).encode()
+
+    def batch_jpeg_decode(self, device: torch.device) -> bool:
+        """Whether plain JPEGs go to the batch decoder on `device` (see gpu_decode)."""
+        return self.gpu_decode == "on" or (self.gpu_decode == "auto" and device.type == "cuda")
 
     def resolved_threads(self, workers_on_host: int) -> int:
         """Threads per worker: explicit, or the cores split between the host's workers."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -32,6 +33,7 @@ _SIGNATURE_BYTES = 16  # Pillow's own accept() checks read this many leading byt
 
 Image.init()  # register all plugins once, so signature checks see every format
 DEFAULT_MAX_ASPECT_RATIO = 32.0  # a 16-frame sprite strip passes; 1 x 4000 does not
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -47,19 +49,31 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(
-    data: bytes,
-    *,
-    max_pixels: int,
-    policy: DecodePolicy = TORCHVISION_POLICY,
-    draft_min_size: int | None = None,
-    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
-) -> Image.Image:
-    """Decode an uploaded image to RGB as the model's decode policy says.
+@dataclass
+class Inspected:
+    """An upload whose header passed every check: the opened (not yet decoded) image."""
 
-    draft_min_size: for JPEG, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as both
-    sides stay >= this many pixels (the fast path; PreprocessSpec.draft_size gives it).
-    """
+    image: Image.Image
+    format: str
+
+    @property
+    def plain_jpeg(self) -> bool:
+        """A three-component (YCbCr/RGB) JPEG: nvJPEG and Pillow make the same RGB of it.
+        Grey and CMYK JPEGs are converted differently by the two, so they are not."""
+        return self.format == "JPEG" and self.image.mode == "RGB"
+
+    def orientation(self) -> int:
+        try:
+            return int(self.image.getexif().get(_ORIENTATION, 1))
+        except Exception:  # a broken EXIF block is treated as no rotation, as to_rgb does
+            return 1
+
+
+def inspect_image(
+    data: bytes, *, max_pixels: int, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+) -> Inspected:
+    """Every check that needs only the header: format, structure, pixel count, aspect ratio.
+    Cheap (no pixels decoded), so it runs on the CPU before any decoder, the GPU's included."""
     image_format = sniff_format(data)
     if image_format is None:
         raise NotAnImage(
@@ -86,9 +100,34 @@ def decode_image(
         raise ExtremeAspectRatio(
             f"image is {width}x{height}; sides may differ by at most {max_aspect_ratio:g}x"
         )
-    if draft_min_size and image_format == "JPEG":
+    return Inspected(image, image_format)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    policy: DecodePolicy = TORCHVISION_POLICY,
+    draft_min_size: int | None = None,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+) -> Image.Image:
+    """Decode an uploaded image to RGB as the model's decode policy says.
+
+    draft_min_size: for JPEG, let libjpeg decode at 1/2, 1/4 or 1/8 scale as long as both
+    sides stay >= this many pixels (the fast path; PreprocessSpec.draft_size gives it).
+    """
+    inspected = inspect_image(data, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
+    return decode_inspected(inspected, policy=policy, draft_min_size=draft_min_size)
+
+
+def decode_inspected(
+    inspected: Inspected, *, policy: DecodePolicy, draft_min_size: int | None = None
+) -> Image.Image:
+    """The pixels of an image inspect_image passed, as RGB under the decode policy."""
+    image = inspected.image
+    if draft_min_size and inspected.format == "JPEG":
         image.draft("RGB", (draft_min_size, draft_min_size))
-    _load_pixels(image, image_format)
+    _load_pixels(image, inspected.format)
     return to_rgb(image, policy)
 
 

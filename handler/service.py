@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,10 +29,12 @@ from handler.allocator import keep_freed_memory
 from handler.backends import Backend, load_backend, select_device
 from handler.cache import RedisCache, image_key, model_identity
 from handler.config import HandlerConfig
-from handler.decode import decode_image
+from handler.decode import Inspected, decode_inspected, inspect_image
 from handler.errors import RequestError, ServerError
+from handler.gpu_decode import BatchJpegDecoder, decode_eligibility
 from handler.inputs import extract_image
 from handler.postprocess import answer, probabilities
+from handler.stage_metrics import StageClock
 from modelspec.imaging import Normalizer, resize_crop
 from modelspec.meta import META_FILENAME, ModelMeta
 
@@ -55,7 +56,9 @@ class Item:
     top_k: int = 0
     image: bytes = b""
     cache_key: str = ""
-    crop: torch.Tensor | None = None  # (3, size, size) uint8
+    inspected: Inspected | None = None  # the header, once it passed every check
+    to_jpeg_decoder: bool = False  # decoded in the batch JPEG decoder (GPU), not on the CPU
+    crop: torch.Tensor | None = None  # (3, size, size) uint8, on the CPU or the model's device
     probabilities: list[float] | None = None
     body: dict[str, Any] | None = None  # the answer, once built
     from_cache: bool = False
@@ -74,8 +77,10 @@ class ImageClassifierService:
         self.backend: Backend | None = None
         self.normalizer: Normalizer | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.jpeg_decoder: BatchJpegDecoder | None = None
         self.cache: RedisCache | None = None
         self.model_key = ""
+        self.served_name = ""
         self._errors_reported = 0
 
     # ---- load ------------------------------------------------------------------------------
@@ -88,6 +93,8 @@ class ImageClassifierService:
         if self.config.keep_freed_memory:
             keep_freed_memory()
         self.meta = ModelMeta.load(model_dir)
+        # metrics carry the name clients use, which may differ from the export's name
+        self.served_name = getattr(context, "model_name", None) or self.meta.name
         model_file = model_dir / context.manifest["model"]["serializedFile"]
         threads = self.config.resolved_threads(int(yaml_config.get("maxWorkers", 1)))
         device = select_device(props.get("gpu_id"))
@@ -97,13 +104,14 @@ class ImageClassifierService:
             self.warm_up(int(props.get("batch_size") or 1))
         self.initialized = True
         log.info(
-            "loaded %s: %s/%s on %s, %d threads, %d classes",
+            "loaded %s: %s/%s on %s, %d threads, %d classes, JPEG decode on %s",
             self.meta.name,
             self.backend.name,
             self.config.precision,
             self.backend.device,
             threads,
             self.meta.num_classes,
+            "the model's device (batched)" if self.jpeg_decoder else "the CPU",
         )
 
     def load(self, model_file: Path, device: torch.device, threads: int) -> None:
@@ -116,6 +124,11 @@ class ImageClassifierService:
         )
         decode_threads = self.config.decode_threads or threads
         self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
+        if self.config.batch_jpeg_decode(self.backend.device):
+            if self.meta.preprocess.decode.path == "fast":
+                self.jpeg_decoder = BatchJpegDecoder(self.meta.preprocess, self.backend.device)
+            else:
+                log.info("JPEGs decode on the CPU: this model's decode policy is the exact path")
 
     def connect_cache(self, model_file: Path, context: Any) -> None:
         """Use Redis when a URL is configured (cache_url, or GAMEART_CACHE_URL in the env)."""
@@ -145,34 +158,36 @@ class ImageClassifierService:
 
     # ---- per batch -------------------------------------------------------------------------
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
-        started = time.perf_counter()
+        clock = StageClock()
         items = [
             Item(index=i, content_type=_header(context, i, "content-type"))
             for i in range(len(data))
         ]
-        for item, request in zip(items, data, strict=True):
-            self.guarded(item, "extract", functools.partial(self.extract, request=request))
-        hits = self.lookup(items)
-        self._map(lambda it: self.guarded(it, "decode", self.decode), self._waiting(items))
-        decoded = time.perf_counter()
-        computed = self.infer([item for item in self._waiting(items) if item.crop is not None])
-        answers = [self.answer(item, context) for item in items]
+        with clock.stage("extract"):
+            for item, request in zip(items, data, strict=True):
+                self.guarded(item, "extract", functools.partial(self.extract, request=request))
+        with clock.stage("cache"):
+            hits = self.lookup(items)
+        self.decode_all(self._waiting(items), clock)
+        with clock.stage("model"):
+            computed = self.infer([item for item in self._waiting(items) if item.crop is not None])
+        with clock.stage("answer"):
+            answers = [self.answer(item, context) for item in items]
         try:  # bookkeeping: its failure must not cost the answers already made
             self.store(computed)
             self._emit_cache_metrics(context, hits, len(computed))
+            clock.emit(context, self.served_name or self.meta.name)
         except Exception:
-            log.exception("storing answers in the cache or reporting its metrics failed")
-        finished = time.perf_counter()
+            log.exception("storing answers in the cache or reporting metrics failed")
         rejected = sum(item.error is not None for item in items)
         log.info(
-            "batch size=%d ok=%d rejected=%d cached=%d in %.1f ms (decode %.1f, model %.1f)",
+            "batch size=%d ok=%d rejected=%d cached=%d in %.1f ms (%s)",
             len(items),
             len(items) - rejected,
             rejected,
             hits,
-            (finished - started) * 1e3,
-            (decoded - started) * 1e3,
-            (finished - decoded) * 1e3,
+            clock.total_ms(),
+            clock.describe(),
         )
         return answers
 
@@ -207,16 +222,56 @@ class ImageClassifierService:
                 item.probabilities, item.from_cache = cached, True
         return sum(item.from_cache for item in wanted)
 
-    def decode(self, item: Item) -> None:
-        """Bytes -> a uint8 crop ready to batch."""
-        spec = self.meta.preprocess
-        image = decode_image(
+    def decode_all(self, items: list[Item], clock: StageClock) -> None:
+        """Headers checked on the CPU for all; plain JPEGs to the batch decoder when there is
+        one; the rest, and whatever it could not decode, on the CPU, per item."""
+        if self.jpeg_decoder is not None:
+            with clock.stage("inspect"):
+                for item in items:
+                    self.guarded(item, "inspect", self.inspect)
+            batch = [item for item in items if item.error is None and item.to_jpeg_decoder]
+            if batch:
+                with clock.stage("gpu_decode", self.backend.device):
+                    crops = self._batch_decode([item.image for item in batch])
+                for item, crop in zip(batch, crops, strict=True):
+                    item.crop = crop
+        rest = [item for item in items if item.error is None and item.crop is None]
+        if rest:
+            with clock.stage("decode"):
+                self._map(lambda it: self.guarded(it, "decode", self.decode), rest)
+
+    def inspect(self, item: Item) -> None:
+        item.inspected = inspect_image(
             item.image,
             max_pixels=self.config.max_image_pixels,
-            policy=spec.decode,
-            draft_min_size=spec.draft_size(self.config.jpeg_draft_oversample),
             max_aspect_ratio=self.config.max_aspect_ratio,
         )
+        item.to_jpeg_decoder = not decode_eligibility(
+            item.inspected, item.image, self.meta.preprocess
+        )
+
+    def _batch_decode(self, uploads: list[bytes]) -> list[torch.Tensor | None]:
+        try:
+            return self.jpeg_decoder(uploads)
+        except Exception:  # e.g. out of GPU memory: every item still has the CPU decoder
+            log.exception("batch JPEG decode of %d items failed; decoding on the CPU", len(uploads))
+            return [None] * len(uploads)
+
+    def decode(self, item: Item) -> None:
+        """Bytes -> a uint8 crop ready to batch, on the CPU."""
+        spec = self.meta.preprocess
+        if item.inspected is None:
+            item.inspected = inspect_image(
+                item.image,
+                max_pixels=self.config.max_image_pixels,
+                max_aspect_ratio=self.config.max_aspect_ratio,
+            )
+        image = decode_inspected(
+            item.inspected,
+            policy=spec.decode,
+            draft_min_size=spec.draft_size(self.config.jpeg_draft_oversample),
+        )
+        item.inspected = None  # the decoded pixels are in the crop now; free the parser
         item.crop = resize_crop(image, spec)
 
     def infer(self, items: list[Item]) -> list[Item]:
@@ -278,7 +333,7 @@ class ImageClassifierService:
 
         new_errors = self.cache.stats.errors - self._errors_reported
         self._errors_reported = self.cache.stats.errors
-        dimensions = [Dimension("ModelName", self.meta.name)]
+        dimensions = [Dimension("ModelName", self.served_name or self.meta.name)]
         for name, value in (
             ("CacheHits", hits),
             ("CacheMisses", computed),

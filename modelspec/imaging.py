@@ -84,11 +84,28 @@ def resize_crop(image: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
         pixels = np.array(resized.crop((left, top, right, bottom)), dtype=np.uint8)
         return torch.from_numpy(pixels).permute(2, 0, 1)
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # H, W, 3 (a writable copy)
-    batch = pixels.permute(2, 0, 1).unsqueeze(0)
-    resized = F.interpolate(
-        batch, size=(resized_h, resized_w), mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized[0, :, top:bottom, left:right]
+    return resize_crop_tensors(pixels.permute(2, 0, 1).unsqueeze(0), spec)[0]
+
+
+def resize_crop_tensors(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(N, 3, H, W) uint8 of one size, on any device -> (N, 3, size, size) uint8: the fast
+    path's antialiased bilinear Resize then CenterCrop. The CPU has a uint8 kernel; CUDA's
+    works on floats, rounded back to uint8 so both devices hand the model the same kind of
+    pixels (within one grey level of each other)."""
+    height, width = images.shape[-2:]
+    resized_w, resized_h = spec.resized_size(width, height)
+    left, top, right, bottom = spec.crop_box(width, height)
+    size = (resized_h, resized_w)
+    if images.device.type == "cpu":
+        resized = F.interpolate(
+            images, size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+    else:
+        resized = F.interpolate(
+            images.float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        resized = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return resized[:, :, top:bottom, left:right]
 
 
 class Normalizer:
@@ -107,9 +124,18 @@ class Normalizer:
         self.shift = (mean / std).view(1, 3, 1, 1).to(device)
 
     def __call__(self, crops: list[torch.Tensor]) -> torch.Tensor:
-        batch = torch.stack(crops)  # N, 3, H, W uint8
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        if all(crop.device == self.device for crop in crops):  # decoded on this device
+            batch = torch.stack(crops)
+        elif self.device.type == "cuda":
+            # crops decoded on the CPU go over in one copy from page-locked memory (torch's
+            # caching host allocator reuses those buffers from batch to batch)
+            on_host = [i for i, crop in enumerate(crops) if crop.device.type == "cpu"]
+            moved = torch.stack([crops[i] for i in on_host]).pin_memory()
+            moved = moved.to(self.device, non_blocking=True)
+            placed = dict(zip(on_host, moved, strict=True))
+            batch = torch.stack([placed.get(i, crop) for i, crop in enumerate(crops)])
+        else:
+            batch = torch.stack([crop.to(self.device) for crop in crops])  # N, 3, H, W uint8
         batch = batch.float()
         batch = torch.addcmul(-self.shift, batch, self.scale)
         return batch.to(self.dtype).contiguous()

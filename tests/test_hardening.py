@@ -373,11 +373,11 @@ def test_cache_hits_and_misses_reach_prometheus(tmp_path, exported_small):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             text = running.client.metrics_text()
-            if prometheus_value(text, "CacheHits", ModelName="small") >= 2:
+            if prometheus_value(text, "CacheHits", ModelName="cached") >= 2:
                 break
             time.sleep(1)
-        assert prometheus_value(text, "CacheHits", ModelName="small") == 2
-        assert prometheus_value(text, "CacheMisses", ModelName="small") == 1
+        assert prometheus_value(text, "CacheHits", ModelName="cached") == 2
+        assert prometheus_value(text, "CacheMisses", ModelName="cached") == 1
         redis.stop()
         assert running.client.predict("cached", GOOD).status_code == 200  # fails open
     finally:

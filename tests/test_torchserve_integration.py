@@ -42,7 +42,10 @@ def server(tmp_path_factory, exported_cover, exported_screens):
     root = tmp_path_factory.mktemp("torchserve")
     store = root / "model_store"
     settings = ["--batch-size", str(BATCH), "--max-batch-delay", str(WINDOW_MS)]
-    torchserve.archive(exported_cover.out_dir, store, "cover_genre", "torchscript", *settings)
+    # the cover model decodes plain JPEGs in batches (handler/gpu_decode.py; libjpeg-turbo on
+    # this CPU, nvJPEG on a GPU worker), so that path is served by a real TorchServe too
+    cover_settings = [*settings, "--handler-set", "gpu_decode=on"]
+    torchserve.archive(exported_cover.out_dir, store, "cover_genre", "torchscript", *cover_settings)
     torchserve.archive(exported_screens.out_dir, store, "screen_game", "onnx", *settings)
     running = torchserve.start(root / "run", store)
     yield running
@@ -187,12 +190,26 @@ def test_prometheus_metrics_count_the_requests(server):
         return prometheus_value(text, "ts_inference_requests_total", model_name="cover_genre")
 
     before = counted()
-    responses = post_all(server.client, "cover_genre", [raw(p.read_bytes()) for p in IMAGES[:3]])
+    jpegs = [p for p in IMAGES if p.suffix == ".jpg"][:3]  # two plain, one CMYK (Pillow's)
+    assert "cmyk" in jpegs[1].name
+    responses = post_all(server.client, "cover_genre", [raw(p.read_bytes()) for p in jpegs])
     assert [r.status_code for r in responses] == [200] * 3
     assert counted() - before == 3  # exactly the requests this test sent
     text = server.client.metrics_text()
     assert prometheus_value(text, "ts_queue_latency_microseconds") > 0
     assert "Requests2XX" in text
+    # the handler's per-stage histogram, one observation per batch and stage
+    for stage in ("extract", "inspect", "gpu_decode", "decode", "model", "answer"):
+        count = prometheus_value(
+            text, "HandlerStageSeconds_count", ModelName="cover_genre", Stage=stage
+        )
+        assert count >= 1, stage
+    assert (
+        prometheus_value(
+            text, "HandlerStageSeconds_bucket", ModelName="cover_genre", Stage="model", le="+Inf"
+        )
+        >= 1
+    )
 
 
 def test_workers_never_died(server):
