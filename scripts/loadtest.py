@@ -105,7 +105,7 @@ def server_view(before: dict | None, after: dict | None) -> dict[str, Any]:
 
 
 # ---- the client's own ceiling --------------------------------------------------------------
-def _trivial_server(port: int, ready) -> None:
+def _trivial_server(port: int, ready, reuse_port: bool = False) -> None:
     """Answers every POST with a small fixed JSON, at once: the client's upper bound."""
     from aiohttp import web
 
@@ -116,7 +116,48 @@ def _trivial_server(port: int, ready) -> None:
     app = web.Application(client_max_size=64 * 2**20)
     app.router.add_post("/{tail:.*}", answer)
     ready.set()
-    web.run_app(app, host="127.0.0.1", port=port, print=None, handle_signals=True)
+    web.run_app(
+        app, host="127.0.0.1", port=port, print=None, handle_signals=True, reuse_port=reuse_port
+    )
+
+
+def client_ceiling_processes(
+    uploads: Sequence[Upload], concurrency: int, duration: float, processes: int
+) -> dict[str, Any]:
+    """client_ceiling for the multi-process client: as many server processes (SO_REUSEPORT
+    spreads the connections), so the do-nothing side is not the one that saturates."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    servers = []
+    for _ in range(processes):
+        ready = context.Event()
+        process = context.Process(target=_trivial_server, args=(port, ready, True), daemon=True)
+        process.start()
+        servers.append((process, ready))
+    try:
+        for _, ready in servers:
+            ready.wait(20)
+        _wait_for_port(port)
+        target = loadgen.Target(f"http://127.0.0.1:{port}/predict", {})
+        result = loadgen.closed_loop_processes(
+            target, uploads, concurrency, duration=duration, processes=processes
+        )
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.join(5)
+    return {"concurrency": concurrency, "processes": processes, **result.summary()}
+
+
+def _wait_for_port(port: int) -> None:
+    for _ in range(100):  # wait until it accepts connections
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 def client_ceiling(uploads: Sequence[Upload], concurrency: int, duration: float) -> dict[str, Any]:

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""End to end on one host: 600x800 JPEG covers through TorchServe over HTTP, side by side:
+
+  ours        our handler, the served export (fp16 on a GPU), JPEGs decoded batch-wise on the
+              GPU (gpu_decode auto)
+  ours_cpu    the same with gpu_decode off: Pillow decodes on the host's cores, as before
+  stock       TorchServe's image_classifier handler on the same weights (eager fp32)
+  noop        scripts/noop_handler.py: the same payloads answered with a constant; the
+              frontend's own ceiling on this host
+
+All four under one TorchServe, the same workers, batch size, batch delay and threads per worker
+(OMP_NUM_THREADS = cores / workers for the stock worker, intra_op_threads for ours). The clients
+are several processes (scripts/loadgen.py), and their own ceiling against a do-nothing server
+is measured first. GPU utilisation is sampled with nvidia-smi during each measured step.
+
+  python scripts/gpu_e2e.py --export-dir results/gpu/r50_export --out results/gpu_e2e
+  python scripts/gpu_e2e.py --quick --out /tmp/e2e          # CPU smoke run (tests)
+
+Writes e2e.json, e2e.md and e2e.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from modelspec.meta import ModelMeta
+from scripts import benchmark, build_mar, loadgen, serve
+from scripts.sample_images import SOURCES, Upload
+from scripts.tsclient import REPO_ROOT, TorchServeClient, free_ports
+
+NOOP_HANDLER = REPO_ROOT / "scripts" / "noop_handler.py"
+
+
+@dataclass(frozen=True)
+class Setup:
+    export_dir: Path
+    checkpoint: Path | None  # eager weights for the stock handler (None: no stock row)
+    architecture: str
+    backend: str = "torchscript"
+    precision: str = "fp16"
+    workers: int = 4
+    batch_size: int = 32
+    max_batch_delay: int = 5
+    gpu: bool = True
+    handlers: tuple[str, ...] = ("noop", "ours", "ours_cpu", "stock")
+    concurrencies: tuple[int, ...] = (64, 128, 256)
+    seconds: float = 10.0
+    warmup: float = 3.0
+    processes: int = 4
+    covers: int = 32
+
+
+@dataclass
+class GpuSampler:
+    """nvidia-smi's utilisation.gpu every 100 ms while a step runs (absent without a GPU)."""
+
+    process: subprocess.Popen | None = None
+    samples: list[float] = field(default_factory=list)
+
+    def __enter__(self) -> GpuSampler:
+        try:
+            self.process = subprocess.Popen(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-lms",
+                    "100",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        except FileNotFoundError:
+            self.process = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=10)
+        self.samples = [float(x) for x in out.split() if x.strip().isdigit()]
+
+    def mean(self) -> float | None:
+        return round(statistics.fmean(self.samples), 1) if self.samples else None
+
+
+def cover_uploads(count: int) -> list[Upload]:
+    """`count` different 600x800 JPEG covers (quality 90) cut from the project's real images,
+    so no two requests in a row carry the same bytes."""
+    sources = sorted(p for p in SOURCES.iterdir() if p.suffix in (".jpg", ".png"))
+    uploads = []
+    for i in range(count):
+        with Image.open(sources[i % len(sources)]) as image:
+            rgb = image.convert("RGB")
+        if i // len(sources) % 2:
+            rgb = ImageOps.mirror(rgb)
+        scale = 1.0 + 0.15 * (i // (2 * len(sources)))
+        cover = ImageOps.fit(rgb, (int(600 * scale), int(800 * scale))).resize((600, 800))
+        buffer = io.BytesIO()
+        cover.save(buffer, "JPEG", quality=90)
+        uploads.append(Upload(f"cover_{i}.jpg", buffer.getvalue(), "image/jpeg", (600, 800)))
+    return uploads
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def archive_all(setup: Setup, store: Path, staging: Path) -> None:
+    common = [
+        "--batch-size",
+        str(setup.batch_size),
+        "--max-batch-delay",
+        str(setup.max_batch_delay),
+        "--min-workers",
+        str(setup.workers),
+        "--max-workers",
+        str(setup.workers),
+        "--device",
+        "gpu" if setup.gpu else "cpu",
+        "--model-store",
+        str(store),
+        "--export-dir",
+        str(setup.export_dir),
+        "--backend",
+        setup.backend,
+        "--precision",
+        setup.precision,
+        "--handler-set",
+        f"intra_op_threads={threads_per_worker(setup.workers)}",
+    ]
+    for name, decode in (("ours", "auto"), ("ours_cpu", "off")):
+        if name in setup.handlers:
+            argv = [*common, "--name", name, "--handler-set", f"gpu_decode={decode}"]
+            if build_mar.main(argv) != 0:
+                raise SystemExit(f"could not archive {name}")
+    if "noop" in setup.handlers:
+        archive_noop(setup, store, staging / "noop")
+    if "stock" in setup.handlers and setup.checkpoint is not None:
+        meta = ModelMeta.load(setup.export_dir)
+        subject = benchmark.Subject("stock", setup.architecture, setup.export_dir, meta, None)
+        subject.checkpoint = setup.checkpoint
+        benchmark.archive_stock(
+            subject,
+            store,
+            "stock",
+            setup.batch_size,
+            setup.max_batch_delay,
+            setup.workers,
+            staging / "stock",
+        )
+
+
+def archive_noop(setup: Setup, store: Path, staging: Path) -> None:
+    staging.mkdir(parents=True, exist_ok=True)
+    config = staging / "model-config.yaml"
+    config.write_text(
+        f"minWorkers: {setup.workers}\nmaxWorkers: {setup.workers}\n"
+        f"batchSize: {setup.batch_size}\nmaxBatchDelay: {setup.max_batch_delay}\n"
+    )
+    command = [
+        build_mar.archiver_command(),
+        *("--model-name", "noop", "--version", "1.0", "--handler", str(NOOP_HANDLER)),
+        *("--config-file", str(config), "--export-path", str(store), "--force"),
+    ]
+    env = {**os.environ, "TMPDIR": str(staging)}
+    subprocess.run(command, check=True, capture_output=True, env=env)
+
+
+def start_server(setup: Setup, store: Path, run_dir: Path) -> TorchServeClient:
+    ports = free_ports(5)
+    settings = [
+        f"inference_address=http://127.0.0.1:{ports[0]}",
+        f"management_address=http://127.0.0.1:{ports[1]}",
+        f"metrics_address=http://127.0.0.1:{ports[2]}",
+        f"grpc_inference_port={ports[3]}",
+        f"grpc_management_port={ports[4]}",
+        f"job_queue_size={max(1024, 4 * max(setup.concurrencies))}",
+    ]
+    argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store), "--timeout", "900"]
+    for setting in settings:
+        argv += ["--set", setting]
+    # the stock worker takes torch's default thread count (every core) unless told otherwise
+    os.environ["OMP_NUM_THREADS"] = str(threads_per_worker(setup.workers))
+    if serve.main(argv) != 0:
+        raise SystemExit("TorchServe did not start")
+    return TorchServeClient.from_run_dir(run_dir)
+
+
+def measure(
+    target: loadgen.Target, uploads: list[Upload], concurrency: int, setup: Setup
+) -> dict[str, Any]:
+    processes = min(setup.processes, concurrency)
+    loadgen.closed_loop_processes(
+        target, uploads, concurrency, duration=setup.warmup, processes=processes
+    )
+    load = os.getloadavg()[0]
+    with GpuSampler() as gpu:
+        result = loadgen.closed_loop_processes(
+            target, uploads, concurrency, duration=setup.seconds, processes=processes
+        )
+    return {
+        "concurrency": concurrency,
+        **result.summary(),
+        "gpu_busy_pct": gpu.mean(),
+        "load_avg_1m": round(max(load, os.getloadavg()[0]), 1),
+    }
+
+
+def client_ceiling(uploads: list[Upload], setup: Setup) -> dict[str, Any]:
+    """The client processes against a do-nothing aiohttp server with as many processes."""
+    from scripts.loadtest import client_ceiling_processes
+
+    top = max(setup.concurrencies)
+    return client_ceiling_processes(uploads, top, min(setup.seconds, 5.0), setup.processes)
+
+
+def run(setup: Setup, out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = out / "work"
+    store = workdir / "model_store"
+    store.mkdir(parents=True, exist_ok=True)
+    uploads = cover_uploads(setup.covers)
+    print(f"clients: {setup.processes} processes; measuring their ceiling", flush=True)
+    ceiling = client_ceiling(uploads, setup)
+    print(f"  client ceiling: {ceiling['throughput_rps']:.0f} req/s", flush=True)
+    archive_all(setup, store, workdir / "staging")
+    run_dir = workdir / "run"
+    client = start_server(setup, store, run_dir)
+    rows = []
+    try:
+        for handler in setup.handlers:
+            if not (store / f"{handler}.mar").exists():
+                continue
+            target = loadgen.Target(
+                f"{client.endpoints.inference}/predictions/{handler}", client.headers("inference")
+            )
+            for concurrency in setup.concurrencies:
+                row = {"handler": handler, **measure(target, uploads, concurrency, setup)}
+                rows.append(row)
+                print(
+                    f"  {handler:8s} c={concurrency:4d}: {row['throughput_rps']:8.1f} img/s "
+                    f"p50 {row['p50_ms']:7.1f} p99 {row['p99_ms']:7.1f} ms  "
+                    f"GPU {row['gpu_busy_pct']}%  load {row['load_avg_1m']}  {row['statuses']}",
+                    flush=True,
+                )
+        stage_text = client.metrics_text()
+    finally:
+        serve.stop_server(run_dir)
+    result = {
+        "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
+        "machine": benchmark.machine_info(),
+        "client_ceiling": ceiling,
+        "rows": rows,
+        "stage_seconds": stage_means(stage_text),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (out / "e2e.json").write_text(json.dumps(result, indent=2))
+    (out / "e2e.md").write_text(markdown(result))
+    plot(result, out / "e2e.png")
+    return result
+
+
+def stage_means(metrics_text: str) -> dict[str, dict[str, float]]:
+    """Mean seconds per batch and stage, per model, from HandlerStageSeconds' _sum and _count."""
+    sums: dict[tuple[str, str], dict[str, float]] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith("HandlerStageSeconds_") or "{" not in line:
+            continue
+        name, rest = line.split("{", 1)
+        labels, value = rest.rsplit("}", 1)
+        pairs = dict(p.split("=", 1) for p in labels.split(",") if "=" in p)
+        key = (pairs.get("ModelName", "").strip('"'), pairs.get("Stage", "").strip('"'))
+        kind = name.rsplit("_", 1)[1]
+        if kind in ("sum", "count"):
+            sums.setdefault(key, {})[kind] = float(value)
+    means: dict[str, dict[str, float]] = {}
+    for (model, stage), parts in sums.items():
+        if parts.get("count"):
+            means.setdefault(model, {})[stage] = round(parts["sum"] / parts["count"] * 1e3, 3)
+    return means  # milliseconds per batch
+
+
+def markdown(result: dict[str, Any]) -> str:
+    setup = result["setup"]
+    lines = [
+        "# End to end: 600x800 JPEG covers through TorchServe (HTTP)",
+        "",
+        f"{gpu_name(result) or 'no GPU'}; {result['machine']['cpu']} "
+        f"({result['machine']['cores']} cores); "
+        f"{setup['workers']} workers per model, batch {setup['batch_size']}, "
+        f"{setup['max_batch_delay']} ms delay, {setup['backend']}/{setup['precision']}; "
+        f"{setup['processes']} client processes; {setup['seconds']} s per step; {result['date']}",
+        "",
+        f"Client ceiling (same processes, do-nothing server): "
+        f"{result['client_ceiling']['throughput_rps']:.0f} req/s",
+        "",
+        "| handler | clients | images/s | p50 ms | p99 ms | GPU busy % | load | statuses |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['handler']} | {row['concurrency']} | {row['throughput_rps']:.0f} | "
+            f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['gpu_busy_pct']} | "
+            f"{row['load_avg_1m']} | {row['statuses']} |"
+        )
+    if result["stage_seconds"]:
+        lines += ["", "Mean ms per batch in each handler stage (HandlerStageSeconds):", ""]
+        for model, stages in sorted(result["stage_seconds"].items()):
+            parts = ", ".join(f"{stage} {ms:.2f}" for stage, ms in stages.items())
+            lines.append(f"- {model}: {parts}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    from scripts.plotting import Curve, throughput_and_p99
+
+    curves = []
+    for handler in dict.fromkeys(row["handler"] for row in result["rows"]):
+        rows = [row for row in result["rows"] if row["handler"] == handler]
+        curves.append(
+            Curve(
+                handler,
+                [row["concurrency"] for row in rows],
+                [row["throughput_rps"] for row in rows],
+                [row["p99_ms"] for row in rows],
+            )
+        )
+    where = gpu_name(result) or "CPU"
+    titles = (f"images/s, 600x800 JPEG ({where})", "p99 latency (ms)")
+    throughput_and_p99(curves, path, titles)
+
+
+def gpu_name(result: dict[str, Any]) -> str:
+    gpu = result["machine"].get("gpu")
+    return gpu["name"] if gpu else ""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--export-dir", type=Path, help="an export (python -m export --fp16)")
+    parser.add_argument("--checkpoint", type=Path, help="its eager weights, for the stock row")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "gpu_e2e")
+    parser.add_argument("--backend", default="torchscript")
+    parser.add_argument("--precision", default=None, help="default: fp16 on a GPU, else fp32")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-delay", type=int, default=5)
+    parser.add_argument("--concurrency", default="64,128,256")
+    parser.add_argument("--handlers", default="noop,ours,ours_cpu,stock")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="a small CPU run (tests)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    gpu = torch.cuda.is_available()
+    if args.export_dir is None:
+        raise SystemExit("--export-dir is required (python -m export ... --fp16)")
+    meta = ModelMeta.load(args.export_dir)
+    setup = Setup(
+        export_dir=args.export_dir,
+        checkpoint=args.checkpoint,
+        architecture=meta.architecture,
+        backend=args.backend,
+        precision=args.precision or ("fp16" if gpu else "fp32"),
+        workers=1 if args.quick else args.workers,
+        batch_size=4 if args.quick else args.batch_size,
+        max_batch_delay=args.max_batch_delay,
+        gpu=gpu,
+        handlers=tuple(args.handlers.split(",")),
+        concurrencies=(2, 4) if args.quick else tuple(int(c) for c in args.concurrency.split(",")),
+        seconds=2.0 if args.quick else args.seconds,
+        warmup=0.5 if args.quick else 3.0,
+        processes=2 if args.quick else args.processes,
+        covers=8 if args.quick else 32,
+    )
+    run(setup, args.out)
+    print(f"wrote {args.out / 'e2e.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
