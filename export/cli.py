@@ -1,4 +1,4 @@
-"""`python -m export`: checkpoint -> TorchScript + ONNX + model_meta.json, checked for parity."""
+"""`python -m export`: checkpoint -> TorchScript, ONNX, AOTInductor + model_meta.json, checked."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from export.aot import MAX_BATCH, default_device, files_entry, write_aoti
 from export.architectures import ArchitectureError
 from export.checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from export.parity import ParityReport, check_parity, image_paths
@@ -27,6 +28,7 @@ from export.pipeline_check import (
 )
 from export.quantize import write_int8_onnx
 from export.writers import example_batch, write_onnx, write_torchscript
+from modelspec.aoti import AotiError
 from modelspec.meta import (
     COLOR_POLICIES,
     MODEL_FILES,
@@ -167,6 +169,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1e-2,
         help="fp16: allowed max|Δlogit| relative to max(1, max|logit|)",
     )
+    parser.add_argument(
+        "--aot",
+        action="store_true",
+        help="also write an AOTInductor package (.pt2, loaded without compiling): fp16 "
+        "channels_last for cuda, fp32 for cpu; it runs only there and under this torch version",
+    )
+    parser.add_argument(
+        "--aot-device",
+        choices=("cpu", "cuda"),
+        default=default_device(),
+        help="the device the package is compiled for and runs on",
+    )
     return parser.parse_args(argv)
 
 
@@ -260,7 +274,7 @@ class _Steps:
 
 def export_model(args: argparse.Namespace) -> ExportResult:
     out_dir: Path = args.out
-    steps = _Steps(5 + args.fp16 + args.int8)
+    steps = _Steps(5 + args.fp16 + args.int8 + args.aot)
     steps(f"loading {args.checkpoint}")
     loaded = load_checkpoint(args.checkpoint, args.arch, args.trust_checkpoint)
     spec = resolve_preprocess(args, loaded)
@@ -296,7 +310,15 @@ def export_model(args: argparse.Namespace) -> ExportResult:
         )
         print(f"      calibrated on {used} inputs ({len(calibration[:used])} real images)")
 
-    steps("parity check: eager vs TorchScript vs ONNX Runtime")
+    aoti = None
+    if args.aot:
+        key, name = files_entry(args.aot_device)
+        steps(f"compiling AOTInductor {key} for batch 1-{MAX_BATCH} (minutes for large models)")
+        aoti = write_aoti(loaded.model, out_dir / name, spec.input_size, args.aot_device)
+        files[key] = name
+        print(f"      {(out_dir / name).stat().st_size / 2**20:.1f} MiB, torch {aoti.torch}")
+
+    steps("parity check: eager vs each exported file (TorchScript, ONNX Runtime, AOTInductor)")
     report = check_parity(
         loaded.model,
         out_dir,
@@ -339,6 +361,7 @@ def export_model(args: argparse.Namespace) -> ExportResult:
         export={
             **_versions(),
             "onnx_exporter": exporter,
+            **({"aoti": dataclasses.asdict(aoti)} if aoti else {}),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         },
         source={
@@ -366,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = export_model(args)
-    except (CheckpointError, ArchitectureError, MetaError, ExportError) as exc:
+    except (CheckpointError, ArchitectureError, MetaError, ExportError, AotiError) as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
     print(

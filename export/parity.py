@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from modelspec.aoti import AotiModel
 from modelspec.meta import ONNX_INPUT_NAME, PreprocessSpec
 from modelspec.reference import reference_tensor
 
@@ -118,6 +119,17 @@ def run_onnx(path: Path, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return _in_chunks(run, inputs)
 
 
+def run_aoti(path: Path, inputs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Through AotiModel, as the handler runs it; the package's own precision decides the dtype,
+    and it runs on the device it was compiled for (CUDA if it says so)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AotiModel(path, device)
+    return _in_chunks(model, inputs)
+
+
+RUNNERS = {"torchscript": run_torchscript, "onnx": run_onnx, "aoti": run_aoti}
+
+
 def compare(
     name: str,
     backend: str,
@@ -161,8 +173,7 @@ def check_parity(
     for key, filename in sorted(files.items()):
         backend, precision = key.split("/")
         dtype = torch.float16 if precision == "fp16" else torch.float32  # int8 takes float
-        runner = run_torchscript if backend == "torchscript" else run_onnx
-        outputs = runner(Path(export_dir) / filename, inputs, dtype)
+        outputs = RUNNERS[backend](Path(export_dir) / filename, inputs, dtype)
         if precision == "int8" and images:
             real = slice(len(inputs) - len(images), None)
             results.append(

@@ -1,4 +1,4 @@
-"""Model runners: TorchScript and ONNX Runtime, each on CPU or on the worker's GPU.
+"""Model runners: TorchScript, ONNX Runtime and AOTInductor, each on CPU or on the worker's GPU.
 
 A backend takes a normalised NCHW batch already on its device (in its dtype) and returns float32
 logits on the CPU.
@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from modelspec.aoti import AotiModel
 from modelspec.meta import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,31 @@ class OnnxBackend:
         return out.float().cpu()
 
 
+class AotBackend:
+    """An AOTInductor package (.pt2): compiled at export, so loading is a dlopen, not a compile.
+
+    The package says what it needs (modelspec/aoti.py): a CUDA one on a CPU worker, or one built
+    by another torch version, is refused with a ValueError saying why."""
+
+    name = "aoti"
+
+    def __init__(self, path: Path, device: torch.device, precision: str, threads: int):
+        torch.set_num_threads(threads)
+        self.model = AotiModel(path, device)
+        if self.model.info.precision != precision:
+            raise ValueError(
+                f"{Path(path).name} is an {self.model.info.precision} package, but the handler "
+                f"is configured for {precision}"
+            )
+        if self.model.device != device:
+            log.warning("%s was compiled for the CPU; this worker runs it there", Path(path).name)
+        self.device = self.model.device
+        self.input_dtype = self.model.info.dtype
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch)
+
+
 def load_backend(
     path: Path, backend: str, device: torch.device, precision: str, threads: int
 ) -> Backend:
@@ -119,4 +145,6 @@ def load_backend(
         return TorchScriptBackend(path, device, precision, threads)
     if backend == "onnx":
         return OnnxBackend(path, device, precision, threads)
+    if backend == "aoti":
+        return AotBackend(path, device, precision, threads)
     raise ValueError(f"unknown backend {backend!r}")

@@ -17,7 +17,7 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class HandlerConfig:
-    backend: str = "torchscript"  # torchscript | onnx
+    backend: str = "torchscript"  # torchscript | onnx | aoti (an AOTInductor .pt2 package)
     precision: str = "fp32"  # fp32 | fp16 (GPU workers) | int8 (ONNX only, CPU workers)
     top_k: int = 3  # default k; a request may ask for another, capped at the class count
     max_image_bytes: int = 12 * MiB  # after base64 decoding; the frontend caps the body too

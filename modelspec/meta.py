@@ -31,8 +31,11 @@ MODEL_FILES: dict[tuple[str, str], str] = {
     ("onnx", "fp32"): "model.onnx",
     ("onnx", "fp16"): "model.fp16.onnx",
     ("onnx", "int8"): "model.int8.onnx",  # ONNX Runtime static quantization, for CPU workers
+    # AOTInductor packages (modelspec/aoti.py): fp32 compiled for the CPU, fp16 for CUDA
+    ("aoti", "fp32"): "model.aoti.pt2",
+    ("aoti", "fp16"): "model.fp16.aoti.pt2",
 }
-BACKENDS: tuple[str, ...] = ("torchscript", "onnx")
+BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "aoti")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 ONNX_INPUT_NAME = "input"

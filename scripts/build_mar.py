@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from handler.config import HandlerConfig
+from modelspec.aoti import read_info
 from modelspec.meta import BACKENDS, META_FILENAME, PRECISIONS, MetaError, ModelMeta
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,16 @@ def model_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def check_aoti_device(model_file: Path, device: str) -> None:
+    """A .pt2 runs on the device type it was compiled for: say so here, not in a worker's log."""
+    compiled_for = "gpu" if read_info(model_file).device == "cuda" else "cpu"
+    if compiled_for != device:
+        raise BuildError(
+            f"{model_file.name} was compiled for {compiled_for} workers: use --device "
+            f"{compiled_for}, or re-export with --aot --aot-device {device.replace('gpu', 'cuda')}"
+        )
+
+
 def stage_code(staging: Path) -> Path:
     code = staging / "code"
     for package in PACKAGES:
@@ -78,6 +89,8 @@ def build(args: argparse.Namespace) -> Path:
     model_file = export_dir / meta.model_file(args.backend, args.precision)
     if not model_file.is_file():
         raise BuildError(f"{model_file} is listed in {META_FILENAME} but missing")
+    if args.backend == "aoti":
+        check_aoti_device(model_file, args.device)
     name = args.name or meta.name
     args.model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="build_mar_") as tmp:
@@ -139,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="fp16 (GPU workers) needs an export made with --fp16; int8 (CPU, onnx backend) "
-        "one made with --int8",
+        help="fp16 (GPU workers) needs an export made with --fp16 (aoti: --aot on cuda); int8 "
+        "(CPU, onnx backend) one made with --int8",
     )
     parser.add_argument("--model-store", type=Path, default=REPO_ROOT / "model_store")
     parser.add_argument(
