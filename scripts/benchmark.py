@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from handler.allocator import keep_freed_memory
-from handler.backends import OnnxBackend, TorchScriptBackend
+from handler.backends import load_backend
 from handler.decode import decode_image
 from modelspec.imaging import DEFAULT_DRAFT_OVERSAMPLE, Normalizer, resize_crop
 from modelspec.meta import ModelMeta, PreprocessSpec
@@ -120,7 +120,7 @@ def prepare_subject(args: argparse.Namespace, workdir: Path, fp16: bool) -> Subj
     checkpoint = out / "weights.pth"
     try:
         meta = ModelMeta.load(out / "export")
-        if (fp16 and "torchscript/fp16" not in meta.files) or "onnx/int8" not in meta.files:
+        if (fp16 and "aoti/fp16" not in meta.files) or "onnx/int8" not in meta.files:
             raise FileNotFoundError
         print(f"subject: cached export of {args.model} in {out}")
         return Subject(args.model, args.model, out / "export", meta, checkpoint)
@@ -146,7 +146,7 @@ def prepare_subject(args: argparse.Namespace, workdir: Path, fp16: bool) -> Subj
         "--name",
         f"bench_{args.model}",
         "--int8",
-    ] + (["--fp16"] if fp16 else [])
+    ] + (["--fp16", "--aot"] if fp16 else [])
     if export_main(argv) != 0:
         raise SystemExit("export of the benchmark subject failed")
     return Subject(
@@ -232,11 +232,9 @@ def eager_runner(subject: Subject, precision: str, channels_last: bool):
 
 
 def file_runner(subject: Subject, backend: str, precision: str, threads: int):
-    backend_class = TorchScriptBackend if backend == "torchscript" else OnnxBackend
-
     def build(device: torch.device):
         path = subject.export_dir / subject.meta.model_file(backend, precision)
-        runner = backend_class(path, device, precision, threads)
+        runner = load_backend(path, backend, device, precision, threads)
         if runner.device != device:
             raise RuntimeError(f"{backend} cannot run on {device} here")
         return runner
@@ -299,7 +297,7 @@ COMPILED_BATCHES = (1, 8, 64, 256)  # torch.compile recompiles per shape: a few,
 
 def row_name(backend: str) -> str:
     """The report's name for an archive backend: the ONNX file runs in ONNX Runtime."""
-    return "onnxruntime" if backend == "onnx" else backend
+    return {"onnx": "onnxruntime", "aoti": "aotinductor"}.get(backend, backend)
 
 
 def variants(subject: Subject, device: str, threads: int) -> list[Variant]:
@@ -319,6 +317,7 @@ def variants(subject: Subject, device: str, threads: int) -> list[Variant]:
             from_file("torchscript", "fp32"),
             from_file("onnx", "fp32"),
             *if_exported("onnx", "int8"),
+            *if_exported("aoti", "fp32"),
         ]
     return [
         eager_fp32,
@@ -330,10 +329,18 @@ def variants(subject: Subject, device: str, threads: int) -> list[Variant]:
         Variant(device, "torch.compile", "fp16", True, compiled_runner(subject), COMPILED_BATCHES),
         *if_exported("torchscript", "fp16"),
         *if_exported("onnx", "fp16"),
+        *if_exported("aoti", "fp16"),  # AOTInductor: fp16 + channels_last, compiled at export
     ]
 
 
-def bench_model(subject: Subject, devices: list[str], plan: Plan, threads: int) -> list[dict]:
+def bench_model(
+    subject: Subject,
+    devices: list[str],
+    plan: Plan,
+    threads: int,
+    only: tuple[str, ...] = (),
+) -> list[dict]:
+    """Every variant x batch per device (or only the variants whose backend is in `only`)."""
     rows = []
     size = subject.meta.preprocess.input_size
     for device_name in devices:
@@ -341,6 +348,8 @@ def bench_model(subject: Subject, devices: list[str], plan: Plan, threads: int) 
         batches = plan.cpu_batches if device.type == "cpu" else plan.gpu_batches
         built: dict[str, tuple[Variant, Callable]] = {}
         for variant in variants(subject, device_name, threads):
+            if only and variant.backend not in only:
+                continue
             labels = {
                 "device": device_name,
                 "backend": variant.backend,
@@ -1023,6 +1032,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "picks the faster one at batch 8 on CPU",
     )
     parser.add_argument(
+        "--rows",
+        help="model rows to time, by backend (e.g. aotinductor,torchscript,cuda-graph); "
+        "default: all",
+    )
+    parser.add_argument(
         "--cell-seconds", type=float, help="timed seconds per model cell (default: 2; quick: 0.3)"
     )
     serving = parser.add_argument_group("end to end")
@@ -1107,7 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["plan"]["serving"] = earlier["plan"].get("serving")
     if "model" not in args.skip:
         print("== model only", flush=True)
-        result["model"] = bench_model(subject, devices, plan, threads)
+        only = tuple(args.rows.split(",")) if args.rows else ()
+        result["model"] = bench_model(subject, devices, plan, threads, only)
     if "preprocess" not in args.skip:
         print("== preprocessing", flush=True)
         result["preprocess"] = bench_preprocess(spec, upload_mix(), devices, plan)
