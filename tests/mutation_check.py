@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 UNIT = ["tests/test_service.py", "tests/test_decode_policy.py", "tests/test_preprocess.py"]
 ISOLATION = ["tests/test_isolation.py"]
 HTTP = ["tests/test_torchserve_integration.py"]
+GPU_DECODE = ["tests/test_gpu_decode.py"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,20 @@ MUTATIONS = [
         "if len(items) == 1 or budget[0] < 2:",
         "if True:",
         (*ISOLATION, *HTTP),
+    ),
+    Mutation(
+        "eligible",  # grey and CMYK JPEGs sent to the batch decoder, which converts them its way
+        "handler/gpu_decode.py",
+        "if not inspected.plain_jpeg:",
+        'if inspected.format != "JPEG":',
+        (*GPU_DECODE, *HTTP),
+    ),
+    Mutation(
+        "crop_order",  # the batch decoder's crops of one size handed back in reverse order
+        "handler/gpu_decode.py",
+        "for index, crop in zip(indices, resized, strict=True):",
+        "for index, crop in zip(indices, resized.flip(0), strict=True):",
+        (*GPU_DECODE, *HTTP),
     ),
 ]
 

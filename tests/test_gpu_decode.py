@@ -21,6 +21,7 @@ from handler.stage_metrics import StageClock
 from modelspec.imaging import served_crop
 from modelspec.meta import PreprocessSpec
 from modelspec.reference import reference_rgb
+from scripts.gpu_e2e import cover_uploads
 from tests.helpers import (
     FakeContext,
     assert_answers_match,
@@ -87,12 +88,18 @@ def test_answers_equal_the_users_pipeline_for_every_image(exported_cover):
     """Fourteen images in every mode, one batch: plain JPEGs through the batch decoder, the
     rest through Pillow, each answered as the eager model answers the user's pipeline."""
     service, context, spy = start(exported_cover)
-    answers = [json.loads(a) for a in service.handle(requests_for(ALL), context)]
-    assert statuses(context, len(ALL)) == [200] * len(ALL)
-    reference = reference_probabilities(exported_cover.model, ALL, exported_cover.meta.preprocess)
-    assert_answers_match(answers, reference, exported_cover.meta.class_names, names=NAMES)
+    # and three different covers of one size, which share one resize call
+    covers = [upload.body for upload in cover_uploads(3)]
+    batch, names = [*ALL, *covers], [*NAMES, "cover0", "cover1", "cover2"]
+    answers = [json.loads(a) for a in service.handle(requests_for(batch), context)]
+    assert statuses(context, len(batch)) == [200] * len(batch)
+    reference = reference_probabilities(exported_cover.model, batch, exported_cover.meta.preprocess)
+    assert len(set(reference[-3:].argmax(1).tolist())) > 1  # the covers are told apart
+    assert_answers_match(answers, reference, exported_cover.meta.class_names, names=names)
     # exif is off in the torchvision policy, so the rotated JPEG is plain too; CMYK is not
-    assert sorted(NAMES[ALL.index(data)] for data in spy.seen) == sorted(PLAIN_JPEGS)
+    assert sorted(names[batch.index(data)] for data in spy.seen) == sorted(
+        [*PLAIN_JPEGS, "cover0", "cover1", "cover2"]
+    )
 
 
 def test_crops_equal_the_cpu_path_and_the_reference():
