@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import statistics
@@ -36,7 +37,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from modelspec.meta import ModelMeta
-from scripts import benchmark, build_mar, loadgen, serve
+from scripts import benchmark, build_mar, loadgen, serve, ts_grpc
 from scripts.sample_images import SOURCES, Upload
 from scripts.tsclient import REPO_ROOT, TorchServeClient, free_ports
 
@@ -60,6 +61,7 @@ class Setup:
     warmup: float = 3.0
     processes: int = 4
     covers: int = 32
+    protocols: tuple[str, ...] = ("http",)  # and "grpc": TorchServe's gRPC inference API
 
 
 @dataclass
@@ -180,7 +182,8 @@ def archive_noop(setup: Setup, store: Path, staging: Path) -> None:
     subprocess.run(command, check=True, capture_output=True, env=env)
 
 
-def start_server(setup: Setup, store: Path, run_dir: Path) -> TorchServeClient:
+def start_server(setup: Setup, store: Path, run_dir: Path) -> tuple[TorchServeClient, str]:
+    """The running server's client and its gRPC inference address."""
     ports = free_ports(5)
     settings = [
         f"inference_address=http://127.0.0.1:{ports[0]}",
@@ -197,20 +200,29 @@ def start_server(setup: Setup, store: Path, run_dir: Path) -> TorchServeClient:
     os.environ["OMP_NUM_THREADS"] = str(threads_per_worker(setup.workers))
     if serve.main(argv) != 0:
         raise SystemExit("TorchServe did not start")
-    return TorchServeClient.from_run_dir(run_dir)
+    return TorchServeClient.from_run_dir(run_dir), f"127.0.0.1:{ports[3]}"
 
 
 def measure(
-    target: loadgen.Target, uploads: list[Upload], concurrency: int, setup: Setup
+    target: loadgen.Target | ts_grpc.GrpcTarget,
+    uploads: list[Upload],
+    concurrency: int,
+    setup: Setup,
 ) -> dict[str, Any]:
     processes = min(setup.processes, concurrency)
+    worker = ts_grpc.closed_loop_in_process if isinstance(target, ts_grpc.GrpcTarget) else None
     loadgen.closed_loop_processes(
-        target, uploads, concurrency, duration=setup.warmup, processes=processes
+        target, uploads, concurrency, duration=setup.warmup, processes=processes, worker=worker
     )
     load = os.getloadavg()[0]
     with GpuSampler() as gpu:
         result = loadgen.closed_loop_processes(
-            target, uploads, concurrency, duration=setup.seconds, processes=processes
+            target,
+            uploads,
+            concurrency,
+            duration=setup.seconds,
+            processes=processes,
+            worker=worker,
         )
     return {
         "concurrency": concurrency,
@@ -239,20 +251,32 @@ def run(setup: Setup, out: Path) -> dict[str, Any]:
     print(f"  client ceiling: {ceiling['throughput_rps']:.0f} req/s", flush=True)
     archive_all(setup, store, workdir / "staging")
     run_dir = workdir / "run"
-    client = start_server(setup, store, run_dir)
+    client, grpc_address = start_server(setup, store, run_dir)
+    if "grpc" in setup.protocols:
+        ts_grpc.stubs()  # generate once here, not in every client process
+    token = client.headers("inference").get("Authorization", "").removeprefix("Bearer ")
     rows = []
     try:
         for handler in setup.handlers:
             if not (store / f"{handler}.mar").exists():
                 continue
-            target = loadgen.Target(
-                f"{client.endpoints.inference}/predictions/{handler}", client.headers("inference")
-            )
-            for concurrency in setup.concurrencies:
-                row = {"handler": handler, **measure(target, uploads, concurrency, setup)}
+            targets = {
+                "http": loadgen.Target(
+                    f"{client.endpoints.inference}/predictions/{handler}",
+                    client.headers("inference"),
+                ),
+                "grpc": ts_grpc.GrpcTarget(grpc_address, handler, token),
+            }
+            for protocol, concurrency in itertools.product(setup.protocols, setup.concurrencies):
+                row = {
+                    "handler": handler,
+                    "protocol": protocol,
+                    **measure(targets[protocol], uploads, concurrency, setup),
+                }
                 rows.append(row)
                 print(
-                    f"  {handler:8s} c={concurrency:4d}: {row['throughput_rps']:8.1f} img/s "
+                    f"  {handler:8s} {protocol:4s} c={concurrency:4d}: "
+                    f"{row['throughput_rps']:8.1f} img/s "
                     f"p50 {row['p50_ms']:7.1f} p99 {row['p99_ms']:7.1f} ms  "
                     f"GPU {row['gpu_busy_pct']}%  load {row['load_avg_1m']}  {row['statuses']}",
                     flush=True,
@@ -308,12 +332,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"Client ceiling (same processes, do-nothing server): "
         f"{result['client_ceiling']['throughput_rps']:.0f} req/s",
         "",
-        "| handler | clients | images/s | p50 ms | p99 ms | GPU busy % | load | statuses |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| handler | protocol | clients | images/s | p50 ms | p99 ms | GPU busy % | load "
+        "| statuses |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['handler']} | {row['concurrency']} | {row['throughput_rps']:.0f} | "
+            f"| {row['handler']} | {row.get('protocol', 'http')} | {row['concurrency']} | "
+            f"{row['throughput_rps']:.0f} | "
             f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['gpu_busy_pct']} | "
             f"{row['load_avg_1m']} | {row['statuses']} |"
         )
@@ -329,11 +355,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     from scripts.plotting import Curve, throughput_and_p99
 
     curves = []
-    for handler in dict.fromkeys(row["handler"] for row in result["rows"]):
-        rows = [row for row in result["rows"] if row["handler"] == handler]
+    keys = dict.fromkeys((row["handler"], row.get("protocol", "http")) for row in result["rows"])
+    for handler, protocol in keys:
+        rows = [
+            row
+            for row in result["rows"]
+            if (row["handler"], row.get("protocol", "http")) == (handler, protocol)
+        ]
         curves.append(
             Curve(
-                handler,
+                handler if protocol == "http" else f"{handler} (gRPC)",
                 [row["concurrency"] for row in rows],
                 [row["throughput_rps"] for row in rows],
                 [row["p99_ms"] for row in rows],
@@ -365,6 +396,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--handlers", default="noop,ours,ours_cpu,stock")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--protocols", default="http", help="http, grpc or http,grpc")
     parser.add_argument("--quick", action="store_true", help="a small CPU run (tests)")
     return parser.parse_args(argv)
 
@@ -393,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=0.5 if args.quick else 3.0,
         processes=2 if args.quick else args.processes,
         covers=8 if args.quick else 32,
+        protocols=tuple(args.protocols.split(",")),
     )
     run(setup, args.out)
     print(f"wrote {args.out / 'e2e.md'}")

@@ -15,7 +15,7 @@ import ipaddress
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -223,9 +223,12 @@ def closed_loop_processes(
     duration: float,
     processes: int,
     timeout: float = 60.0,
+    worker: Callable[..., StepResult] | None = None,
 ) -> StepResult:
     """A closed loop of `concurrency` clients spread over `processes` processes (spawned, so
-    nothing of the caller's state is shared), merged into one result."""
+    nothing of the caller's state is shared), merged into one result. `worker` runs one
+    process's share (module-level, so it can be pickled): HTTP by default, or
+    scripts.ts_grpc.closed_loop_in_process for TorchServe's gRPC API."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -236,7 +239,7 @@ def closed_loop_processes(
     with ProcessPoolExecutor(processes, mp_context=context) as pool:
         parts = list(
             pool.map(
-                _closed_loop_in_process,
+                worker or _closed_loop_in_process,
                 [target] * processes,
                 [list(uploads)] * processes,
                 shares,

@@ -30,11 +30,16 @@ def test_quick_run_reports_each_handler_and_its_stages(tmp_path, exported_small)
     out = tmp_path / "e2e"
     export_dir = str(exported_small.out_dir)
     argv = ["--quick", "--export-dir", export_dir, "--out", str(out), "--handlers", "noop,ours"]
-    code = gpu_e2e.main(argv)
+    code = gpu_e2e.main([*argv, "--protocols", "http,grpc"])
     assert code == 0
     result = json.loads((out / "e2e.json").read_text())
-    rows = {(row["handler"], row["concurrency"]): row for row in result["rows"]}
-    assert set(rows) == {("noop", 2), ("noop", 4), ("ours", 2), ("ours", 4)}
+    rows = {(row["handler"], row["protocol"], row["concurrency"]): row for row in result["rows"]}
+    assert set(rows) == {
+        (handler, protocol, clients)
+        for handler in ("noop", "ours")
+        for protocol in ("http", "grpc")
+        for clients in (2, 4)
+    }
     for row in rows.values():
         assert set(row["statuses"]) == {"200"} and row["ok"] > 0
         assert row["gpu_busy_pct"] is None  # no nvidia-smi here: absent, not zero
@@ -44,7 +49,7 @@ def test_quick_run_reports_each_handler_and_its_stages(tmp_path, exported_small)
     assert stages["model"] > 0 and stages["decode"] > 0
     assert "noop" not in result["stage_seconds"]  # the no-op handler records nothing
     assert (out / "e2e.png").stat().st_size > 10_000
-    assert "| ours | 4 |" in (out / "e2e.md").read_text()
+    assert "| ours | grpc | 4 |" in (out / "e2e.md").read_text()
 
 
 def test_gpu_sampler_without_nvidia_smi_is_absent(monkeypatch):
