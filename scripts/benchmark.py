@@ -43,7 +43,7 @@ from modelspec.reference import reference_rgb, reference_transform
 from scripts import build_mar, loadgen, serve
 from scripts.plotting import Curve, throughput_and_p99
 from scripts.sample_images import Upload, upload_mix
-from scripts.tsclient import REPO_ROOT, TorchServeClient, free_ports
+from scripts.tsclient import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "results" / "benchmark"
 
@@ -618,21 +618,9 @@ def bench_e2e(
         archive_ours("ours_int8_batching_on", "int8", *on)
         models["ours_int8_batching_on"] = ("ours int8", "on")
     run_dir = workdir / "e2e_run"
-    ports = free_ports(5)
-    settings = [
-        f"inference_address=http://127.0.0.1:{ports[0]}",
-        f"management_address=http://127.0.0.1:{ports[1]}",
-        f"metrics_address=http://127.0.0.1:{ports[2]}",
-        f"grpc_inference_port={ports[3]}",
-        f"grpc_management_port={ports[4]}",
-        f"job_queue_size={max(1024, 4 * max(plan.concurrencies))}",
-    ]  # a queue deep enough for the highest concurrency: no 503s
-    argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store), "--timeout", "600"]
-    for setting in settings:
-        argv += ["--set", setting]
-    if serve.main(argv) != 0:
-        raise SystemExit("TorchServe did not start for the end-to-end benchmark")
-    client = TorchServeClient.from_run_dir(run_dir)
+    # a queue deep enough for the highest concurrency: no 503s
+    queue = f"job_queue_size={max(1024, 4 * max(plan.concurrencies))}"
+    client, _ = serve.start_on_free_ports(store, run_dir, (queue,), timeout=600)
     uploads = [u for u in upload_mix() if u.content_type == "image/jpeg"]
     rows = []
     try:

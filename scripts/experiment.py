@@ -29,7 +29,7 @@ from typing import Any
 from scripts import build_mar, loadgen, serve
 from scripts.plotting import Curve, throughput_and_p99
 from scripts.sample_images import upload_mix
-from scripts.tsclient import REPO_ROOT, TorchServeClient, free_ports
+from scripts.tsclient import REPO_ROOT
 
 DEFAULT_EXPORT = REPO_ROOT / "artifacts" / "export" / "gameart"
 DEFAULT_OUT = REPO_ROOT / "docs" / "experiments" / "serving-config-cpu"
@@ -54,22 +54,8 @@ class Server:
     """A TorchServe on free loopback ports serving one model store, for one section."""
 
     def __init__(self, store: Path, run_dir: Path, extra: tuple[str, ...] = ()):
-        ports = free_ports(5)
-        settings = [
-            f"inference_address=http://127.0.0.1:{ports[0]}",
-            f"management_address=http://127.0.0.1:{ports[1]}",
-            f"metrics_address=http://127.0.0.1:{ports[2]}",
-            f"grpc_inference_port={ports[3]}",
-            f"grpc_management_port={ports[4]}",
-            *extra,
-        ]
-        argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store), "--timeout", "900"]
-        for setting in settings:
-            argv += ["--set", setting]
-        if serve.main(argv) != 0:
-            raise SystemExit(f"TorchServe did not start; see {run_dir / 'logs'}")
         self.run_dir = run_dir
-        self.client = TorchServeClient.from_run_dir(run_dir)
+        self.client, _ = serve.start_on_free_ports(store, run_dir, extra)
 
     def target(self, model: str) -> loadgen.Target:
         return loadgen.Target(

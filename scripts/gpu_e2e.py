@@ -37,9 +37,9 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from modelspec.meta import ModelMeta
-from scripts import benchmark, build_mar, loadgen, serve, ts_grpc
+from scripts import loadgen, serve, ts_grpc
 from scripts.sample_images import SOURCES, Upload
-from scripts.tsclient import REPO_ROOT, TorchServeClient, free_ports
+from scripts.tsclient import REPO_ROOT, TorchServeClient
 
 NOOP_HANDLER = REPO_ROOT / "scripts" / "noop_handler.py"
 
@@ -122,6 +122,10 @@ def threads_per_worker(workers: int) -> int:
 
 
 def archive_all(setup: Setup, store: Path, staging: Path) -> None:
+    # build_mar and benchmark import torch: imported here, not at the top, because the client
+    # processes (spawned) import this module, and 16 of them need not load torch
+    from scripts import benchmark, build_mar
+
     common = [
         "--batch-size",
         str(setup.batch_size),
@@ -167,6 +171,8 @@ def archive_all(setup: Setup, store: Path, staging: Path) -> None:
 
 
 def archive_noop(setup: Setup, store: Path, staging: Path) -> None:
+    from scripts import build_mar
+
     staging.mkdir(parents=True, exist_ok=True)
     config = staging / "model-config.yaml"
     config.write_text(
@@ -184,23 +190,10 @@ def archive_noop(setup: Setup, store: Path, staging: Path) -> None:
 
 def start_server(setup: Setup, store: Path, run_dir: Path) -> tuple[TorchServeClient, str]:
     """The running server's client and its gRPC inference address."""
-    ports = free_ports(5)
-    settings = [
-        f"inference_address=http://127.0.0.1:{ports[0]}",
-        f"management_address=http://127.0.0.1:{ports[1]}",
-        f"metrics_address=http://127.0.0.1:{ports[2]}",
-        f"grpc_inference_port={ports[3]}",
-        f"grpc_management_port={ports[4]}",
-        f"job_queue_size={max(1024, 4 * max(setup.concurrencies))}",
-    ]
-    argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store), "--timeout", "900"]
-    for setting in settings:
-        argv += ["--set", setting]
+    queue = f"job_queue_size={max(1024, 4 * max(setup.concurrencies))}"
     # the stock worker takes torch's default thread count (every core) unless told otherwise
     os.environ["OMP_NUM_THREADS"] = str(threads_per_worker(setup.workers))
-    if serve.main(argv) != 0:
-        raise SystemExit("TorchServe did not start")
-    return TorchServeClient.from_run_dir(run_dir), f"127.0.0.1:{ports[3]}"
+    return serve.start_on_free_ports(store, run_dir, (queue,))
 
 
 def measure(
@@ -232,12 +225,12 @@ def measure(
     }
 
 
-def client_ceiling(uploads: list[Upload], setup: Setup) -> dict[str, Any]:
+def measure_client_ceiling(uploads: list[Upload], setup: Setup) -> dict[str, Any]:
     """The client processes against a do-nothing aiohttp server with as many processes."""
-    from scripts.loadtest import client_ceiling_processes
+    from scripts.loadtest import client_ceiling
 
     top = max(setup.concurrencies)
-    return client_ceiling_processes(uploads, top, min(setup.seconds, 5.0), setup.processes)
+    return client_ceiling(uploads, top, min(setup.seconds, 5.0), setup.processes)
 
 
 def run(setup: Setup, out: Path) -> dict[str, Any]:
@@ -247,7 +240,7 @@ def run(setup: Setup, out: Path) -> dict[str, Any]:
     store.mkdir(parents=True, exist_ok=True)
     uploads = cover_uploads(setup.covers)
     print(f"clients: {setup.processes} processes; measuring their ceiling", flush=True)
-    ceiling = client_ceiling(uploads, setup)
+    ceiling = measure_client_ceiling(uploads, setup)
     print(f"  client ceiling: {ceiling['throughput_rps']:.0f} req/s", flush=True)
     archive_all(setup, store, workdir / "staging")
     run_dir = workdir / "run"
@@ -286,7 +279,7 @@ def run(setup: Setup, out: Path) -> dict[str, Any]:
         serve.stop_server(run_dir)
     result = {
         "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
-        "machine": benchmark.machine_info(),
+        "machine": machine_info(),
         "client_ceiling": ceiling,
         "rows": rows,
         "stage_seconds": stage_means(stage_text),
@@ -296,6 +289,12 @@ def run(setup: Setup, out: Path) -> dict[str, Any]:
     (out / "e2e.md").write_text(markdown(result))
     plot(result, out / "e2e.png")
     return result
+
+
+def machine_info() -> dict[str, Any]:
+    from scripts import benchmark
+
+    return benchmark.machine_info()
 
 
 def stage_means(metrics_text: str) -> dict[str, dict[str, float]]:
@@ -321,7 +320,7 @@ def stage_means(metrics_text: str) -> dict[str, dict[str, float]]:
 def markdown(result: dict[str, Any]) -> str:
     setup = result["setup"]
     lines = [
-        "# End to end: 600x800 JPEG covers through TorchServe (HTTP)",
+        f"# End to end: 600x800 JPEG covers through TorchServe ({', '.join(setup['protocols'])})",
         "",
         f"{gpu_name(result) or 'no GPU'}; {result['machine']['cpu']} "
         f"({result['machine']['cores']} cores); "

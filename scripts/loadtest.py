@@ -121,11 +121,12 @@ def _trivial_server(port: int, ready, reuse_port: bool = False) -> None:
     )
 
 
-def client_ceiling_processes(
-    uploads: Sequence[Upload], concurrency: int, duration: float, processes: int
+def client_ceiling(
+    uploads: Sequence[Upload], concurrency: int, duration: float, processes: int = 1
 ) -> dict[str, Any]:
-    """client_ceiling for the multi-process client: as many server processes (SO_REUSEPORT
-    spreads the connections), so the do-nothing side is not the one that saturates."""
+    """The load generator against a do-nothing endpoint, same payloads: what the client itself
+    can send. With several client processes the endpoint gets as many server processes
+    (SO_REUSEPORT spreads the connections), so the do-nothing side does not saturate first."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -133,7 +134,8 @@ def client_ceiling_processes(
     servers = []
     for _ in range(processes):
         ready = context.Event()
-        process = context.Process(target=_trivial_server, args=(port, ready, True), daemon=True)
+        args = (port, ready, processes > 1)
+        process = context.Process(target=_trivial_server, args=args, daemon=True)
         process.start()
         servers.append((process, ready))
     try:
@@ -141,9 +143,15 @@ def client_ceiling_processes(
             ready.wait(20)
         _wait_for_port(port)
         target = loadgen.Target(f"http://127.0.0.1:{port}/predict", {})
-        result = loadgen.closed_loop_processes(
-            target, uploads, concurrency, duration=duration, processes=processes
-        )
+        if processes == 1:  # the same in-process client the load test measures with
+            loop = loadgen.closed_loop(
+                target, uploads, concurrency, duration=duration, max_requests=10**6
+            )
+            result = loadgen.run(loop)
+        else:
+            result = loadgen.closed_loop_processes(
+                target, uploads, concurrency, duration=duration, processes=processes
+            )
     finally:
         for process, _ in servers:
             process.terminate()
@@ -158,33 +166,6 @@ def _wait_for_port(port: int) -> None:
             return
         except OSError:
             time.sleep(0.1)
-
-
-def client_ceiling(uploads: Sequence[Upload], concurrency: int, duration: float) -> dict[str, Any]:
-    """The load generator against a do-nothing endpoint in another process, same payloads."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
-    ready = context.Event()
-    process = context.Process(target=_trivial_server, args=(port, ready), daemon=True)
-    process.start()
-    try:
-        ready.wait(10)
-        target = loadgen.Target(f"http://127.0.0.1:{port}/predict", {})
-        for _ in range(50):  # wait until it accepts connections
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        result = loadgen.run(
-            loadgen.closed_loop(target, uploads, concurrency, duration=duration, max_requests=10**6)
-        )
-    finally:
-        process.terminate()
-        process.join(5)
-    return {"concurrency": concurrency, **result.summary()}
 
 
 # ---- cross-check with a tool nobody here wrote ---------------------------------------------

@@ -35,6 +35,7 @@ from scripts.tsclient import (
     SERVER_FILE,
     TorchServeClient,
     TorchServeError,
+    free_ports,
     read_properties,
     read_tokens,
 )
@@ -283,6 +284,30 @@ def print_ready(client: TorchServeClient, state: dict[str, int], run_dir: Path) 
     print(f"metrics    {client.endpoints.metrics}/metrics")
     if read_tokens(run_dir):
         print(f"tokens     {run_dir / KEY_FILE}  (python scripts/serve.py token inference)")
+
+
+def start_on_free_ports(
+    store: Path, run_dir: Path, extra: tuple[str, ...] = (), timeout: float = 900.0
+) -> tuple[TorchServeClient, str]:
+    """A TorchServe for a measurement (benchmark, experiment): every listener, gRPC included, on
+    free loopback ports, so it never clashes with a running server. Its client and its gRPC
+    inference address."""
+    ports = free_ports(5)
+    settings = [
+        f"inference_address=http://127.0.0.1:{ports[0]}",
+        f"management_address=http://127.0.0.1:{ports[1]}",
+        f"metrics_address=http://127.0.0.1:{ports[2]}",
+        f"grpc_inference_port={ports[3]}",
+        f"grpc_management_port={ports[4]}",
+        *extra,
+    ]
+    argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store)]
+    argv += ["--timeout", str(timeout)]
+    for setting in settings:
+        argv += ["--set", setting]
+    if main(argv) != 0:
+        raise SystemExit(f"TorchServe did not start; see {run_dir / 'logs'}")
+    return TorchServeClient.from_run_dir(run_dir), f"127.0.0.1:{ports[3]}"
 
 
 def stop_server(run_dir: Path, timeout: float = 60.0) -> bool:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from scripts import gpu_e2e, loadgen
-from scripts.loadtest import client_ceiling_processes
+from scripts.loadtest import client_ceiling
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def test_processes_merge_into_one_result():
     the merged throughput is the requests over the common measuring window."""
     uploads = gpu_e2e.cover_uploads(4)
     assert len({u.body for u in uploads}) == 4 and all(u.size == (600, 800) for u in uploads)
-    result = client_ceiling_processes(uploads, concurrency=6, duration=1.5, processes=3)
+    result = client_ceiling(uploads, concurrency=6, duration=1.5, processes=3)
     assert result["processes"] == 3 and result["level"] == 6
     assert set(result["statuses"]) == {"200"}
     assert result["requests"] == result["ok"] > 30
