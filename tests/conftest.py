@@ -85,6 +85,19 @@ def trained_like(model: torch.nn.Module, spec: PreprocessSpec) -> torch.nn.Modul
     return fixture_models.make_discriminative(model, images, labels, spec)
 
 
+PILLOW_PIXEL_LIMIT = Image.MAX_IMAGE_PIXELS  # Pillow's default, before any handler set it
+
+
+@pytest.fixture(autouse=True)
+def _restore_pillow_pixel_limit():
+    """The handler sets Pillow's process-wide pixel limit to its configured one (right in a
+    worker, which has one limit); a test that configures a small limit must not leave it for
+    the reference pipeline of the tests after it."""
+    Image.MAX_IMAGE_PIXELS = PILLOW_PIXEL_LIMIT
+    yield
+    Image.MAX_IMAGE_PIXELS = PILLOW_PIXEL_LIMIT
+
+
 @pytest.fixture(scope="session")
 def exported_cover(tmp_path_factory) -> Exported:
     """Cover -> genre: a whole pickled ResNet-50 (Dropout+Linear head), classes.txt, Resize(256)."""
