@@ -32,9 +32,8 @@ _EOI = b"\xff\xd9"
 
 
 def decode_eligibility(inspected: Inspected, data: bytes, spec: PreprocessSpec) -> str:
-    """'' when this decoder gives the pixels the model's decode policy asks for, else why not."""
-    if spec.decode.path != "fast":
-        return "the model's decode policy needs PIL's resize (exact path)"
+    """'' when this decoder gives the pixels the model's decode policy asks for, else why not.
+    Per image; whether the model can use the decoder at all is serves_model's question."""
     if not inspected.plain_jpeg:
         return "not a three-component JPEG"
     if not data.rstrip(b"\x00").endswith(_EOI):
@@ -42,6 +41,12 @@ def decode_eligibility(inspected: Inspected, data: bytes, spec: PreprocessSpec) 
     if spec.decode.exif and inspected.orientation() != 1:
         return "EXIF-rotated, and the decode policy applies rotation"
     return ""
+
+
+def serves_model(spec: PreprocessSpec) -> bool:
+    """The decoder resizes with the fast path's kernel: a model whose export chose the exact
+    path (PIL's resize) keeps Pillow for every image."""
+    return spec.decode.path == "fast"
 
 
 class BatchJpegDecoder:

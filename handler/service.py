@@ -31,7 +31,7 @@ from handler.cache import RedisCache, image_key, model_identity
 from handler.config import HandlerConfig
 from handler.decode import Inspected, decode_inspected, inspect_image
 from handler.errors import RequestError, ServerError
-from handler.gpu_decode import BatchJpegDecoder, decode_eligibility
+from handler.gpu_decode import BatchJpegDecoder, decode_eligibility, serves_model
 from handler.inputs import extract_image
 from handler.postprocess import answer, probabilities
 from handler.stage_metrics import StageClock
@@ -80,7 +80,7 @@ class ImageClassifierService:
         self.jpeg_decoder: BatchJpegDecoder | None = None
         self.cache: RedisCache | None = None
         self.model_key = ""
-        self.served_name = ""
+        self.served_name = ""  # the name clients use; set by initialize
         self._errors_reported = 0
 
     # ---- load ------------------------------------------------------------------------------
@@ -125,10 +125,16 @@ class ImageClassifierService:
         decode_threads = self.config.decode_threads or threads
         self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
         if self.config.batch_jpeg_decode(self.backend.device):
-            if self.meta.preprocess.decode.path == "fast":
+            if serves_model(self.meta.preprocess):
                 self.jpeg_decoder = BatchJpegDecoder(self.meta.preprocess, self.backend.device)
             else:
                 log.info("JPEGs decode on the CPU: this model's decode policy is the exact path")
+
+    @property
+    def metric_name(self) -> str:
+        """ModelName in metrics: the name clients use (a service built by load() alone, as in
+        tests and the benchmark, has only the export's)."""
+        return self.served_name or self.meta.name
 
     def connect_cache(self, model_file: Path, context: Any) -> None:
         """Use Redis when a URL is configured (cache_url, or GAMEART_CACHE_URL in the env)."""
@@ -176,7 +182,7 @@ class ImageClassifierService:
         try:  # bookkeeping: its failure must not cost the answers already made
             self.store(computed)
             self._emit_cache_metrics(context, hits, len(computed))
-            clock.emit(context, self.served_name or self.meta.name)
+            clock.emit(context, self.metric_name)
         except Exception:
             log.exception("storing answers in the cache or reporting metrics failed")
         rejected = sum(item.error is not None for item in items)
@@ -228,7 +234,7 @@ class ImageClassifierService:
         if self.jpeg_decoder is not None:
             with clock.stage("inspect"):
                 for item in items:
-                    self.guarded(item, "inspect", self.inspect)
+                    self.guarded(item, "inspect", self.route)
             batch = [item for item in items if item.error is None and item.to_jpeg_decoder]
             if batch:
                 with clock.stage("gpu_decode", self.backend.device):
@@ -241,11 +247,17 @@ class ImageClassifierService:
                 self._map(lambda it: self.guarded(it, "decode", self.decode), rest)
 
     def inspect(self, item: Item) -> None:
-        item.inspected = inspect_image(
-            item.image,
-            max_pixels=self.config.max_image_pixels,
-            max_aspect_ratio=self.config.max_aspect_ratio,
-        )
+        """The header checks (inspect_image) under this worker's limits, once per item."""
+        if item.inspected is None:
+            item.inspected = inspect_image(
+                item.image,
+                max_pixels=self.config.max_image_pixels,
+                max_aspect_ratio=self.config.max_aspect_ratio,
+            )
+
+    def route(self, item: Item) -> None:
+        """Header checks, then whether the batch decoder takes this upload."""
+        self.inspect(item)
         item.to_jpeg_decoder = not decode_eligibility(
             item.inspected, item.image, self.meta.preprocess
         )
@@ -260,12 +272,7 @@ class ImageClassifierService:
     def decode(self, item: Item) -> None:
         """Bytes -> a uint8 crop ready to batch, on the CPU."""
         spec = self.meta.preprocess
-        if item.inspected is None:
-            item.inspected = inspect_image(
-                item.image,
-                max_pixels=self.config.max_image_pixels,
-                max_aspect_ratio=self.config.max_aspect_ratio,
-            )
+        self.inspect(item)
         image = decode_inspected(
             item.inspected,
             policy=spec.decode,
@@ -333,7 +340,7 @@ class ImageClassifierService:
 
         new_errors = self.cache.stats.errors - self._errors_reported
         self._errors_reported = self.cache.stats.errors
-        dimensions = [Dimension("ModelName", self.served_name or self.meta.name)]
+        dimensions = [Dimension("ModelName", self.metric_name)]
         for name, value in (
             ("CacheHits", hits),
             ("CacheMisses", computed),
