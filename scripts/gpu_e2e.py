@@ -22,7 +22,6 @@ Writes e2e.json, e2e.md and e2e.png to --out.
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import os
@@ -34,11 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
-
 from modelspec.meta import ModelMeta
 from scripts import loadgen, serve, ts_grpc
-from scripts.sample_images import SOURCES, Upload
+from scripts.sample_images import Upload, cover_uploads
 from scripts.tsclient import REPO_ROOT, TorchServeClient
 
 NOOP_HANDLER = REPO_ROOT / "scripts" / "noop_handler.py"
@@ -97,24 +94,6 @@ class GpuSampler:
 
     def mean(self) -> float | None:
         return round(statistics.fmean(self.samples), 1) if self.samples else None
-
-
-def cover_uploads(count: int) -> list[Upload]:
-    """`count` different 600x800 JPEG covers (quality 90) cut from the project's real images,
-    so no two requests in a row carry the same bytes."""
-    sources = sorted(p for p in SOURCES.iterdir() if p.suffix in (".jpg", ".png"))
-    uploads = []
-    for i in range(count):
-        with Image.open(sources[i % len(sources)]) as image:
-            rgb = image.convert("RGB")
-        if i // len(sources) % 2:
-            rgb = ImageOps.mirror(rgb)
-        scale = 1.0 + 0.15 * (i // (2 * len(sources)))
-        cover = ImageOps.fit(rgb, (int(600 * scale), int(800 * scale))).resize((600, 800))
-        buffer = io.BytesIO()
-        cover.save(buffer, "JPEG", quality=90)
-        uploads.append(Upload(f"cover_{i}.jpg", buffer.getvalue(), "image/jpeg", (600, 800)))
-    return uploads
 
 
 def threads_per_worker(workers: int) -> int:
@@ -203,9 +182,10 @@ def measure(
     setup: Setup,
 ) -> dict[str, Any]:
     processes = min(setup.processes, concurrency)
-    worker = ts_grpc.closed_loop_in_process if isinstance(target, ts_grpc.GrpcTarget) else None
+    grpc = isinstance(target, ts_grpc.GrpcTarget)
+    loop = ts_grpc.closed_loop if grpc else loadgen.closed_loop
     loadgen.closed_loop_processes(
-        target, uploads, concurrency, duration=setup.warmup, processes=processes, worker=worker
+        target, uploads, concurrency, duration=setup.warmup, processes=processes, loop=loop
     )
     load = os.getloadavg()[0]
     with GpuSampler() as gpu:
@@ -215,7 +195,7 @@ def measure(
             concurrency,
             duration=setup.seconds,
             processes=processes,
-            worker=worker,
+            loop=loop,
         )
     return {
         "concurrency": concurrency,

@@ -15,7 +15,7 @@ import ipaddress
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -130,7 +130,7 @@ async def closed_loop(
     concurrency: int,
     *,
     duration: float,
-    max_requests: int,
+    max_requests: int = 10**9,
     timeout: float = 60.0,
 ) -> StepResult:
     result = StepResult("closed", concurrency, 0.0)
@@ -199,20 +199,18 @@ def run(coroutine):
 # One asyncio process tops out near 2,000 requests/s of ~100 KB uploads (JSON parsing, TLS-free
 # HTTP/1.1 framing and the event loop all on one core); a GPU server answers more than that, so
 # the benchmark spreads the clients over processes and merges what they measured.
-def _closed_loop_in_process(
-    target: Target,
+def _in_process(
+    loop: Callable[..., Awaitable[StepResult]],
+    start_at: float,
+    target: Any,
     uploads: Sequence[Upload],
     concurrency: int,
     duration: float,
     timeout: float,
-    start_at: float,
 ) -> StepResult:
+    """One process's share: wait for the common start, then run its closed loop."""
     time.sleep(max(0.0, start_at - time.time()))  # all processes start together
-    return run(
-        closed_loop(
-            target, uploads, concurrency, duration=duration, max_requests=10**9, timeout=timeout
-        )
-    )
+    return run(loop(target, uploads, concurrency, duration=duration, timeout=timeout))
 
 
 def closed_loop_processes(
@@ -223,12 +221,12 @@ def closed_loop_processes(
     duration: float,
     processes: int,
     timeout: float = 60.0,
-    worker: Callable[..., StepResult] | None = None,
+    loop: Callable[..., Awaitable[StepResult]] = closed_loop,
 ) -> StepResult:
     """A closed loop of `concurrency` clients spread over `processes` processes (spawned, so
-    nothing of the caller's state is shared), merged into one result. `worker` runs one
-    process's share (module-level, so it can be pickled): HTTP by default, or
-    scripts.ts_grpc.closed_loop_in_process for TorchServe's gRPC API."""
+    nothing of the caller's state is shared), merged into one result. `loop` is each
+    process's closed loop (module-level, so it can be pickled): this module's HTTP one, or
+    scripts.ts_grpc.closed_loop for TorchServe's gRPC API."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -239,13 +237,14 @@ def closed_loop_processes(
     with ProcessPoolExecutor(processes, mp_context=context) as pool:
         parts = list(
             pool.map(
-                worker or _closed_loop_in_process,
+                _in_process,
+                [loop] * processes,
+                [start_at] * processes,
                 [target] * processes,
                 [list(uploads)] * processes,
                 shares,
                 [duration] * processes,
                 [timeout] * processes,
-                [start_at] * processes,
             )
         )
     merged = StepResult("closed", concurrency, max(part.duration_s for part in parts))

@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = REPO_ROOT / "export" / "parity_images"
@@ -65,6 +65,24 @@ def upload_mix() -> tuple[Upload, ...]:
         Upload("screenshot_1080p.png", _encode(screenshot, "PNG"), "image/png", (1920, 1080)),
         Upload("sprite_rgba.png", _encode(sprite, "PNG"), "image/png", sprite.size),
     )
+
+
+def cover_uploads(count: int) -> list[Upload]:
+    """`count` different 600x800 JPEG covers (quality 90) cut from the project's real images,
+    mirrored and zoomed in as the count grows, so no two requests in a row carry the same bytes
+    (the GPU end-to-end benchmark's payload)."""
+    sources = sorted(p for p in SOURCES.iterdir() if p.suffix in (".jpg", ".png"))
+    uploads = []
+    for i in range(count):
+        with Image.open(sources[i % len(sources)]) as image:
+            rgb = image.convert("RGB")
+        if i // len(sources) % 2:
+            rgb = ImageOps.mirror(rgb)
+        scale = 1.0 + 0.15 * (i // (2 * len(sources)))
+        cover = ImageOps.fit(rgb, (int(600 * scale), int(800 * scale))).resize((600, 800))
+        body = _encode(cover, "JPEG", quality=90)
+        uploads.append(Upload(f"cover_{i}.jpg", body, "image/jpeg", (600, 800)))
+    return uploads
 
 
 def uploads_from_folder(folder: Path, limit: int = 200) -> list[Upload]:

@@ -286,12 +286,11 @@ def print_ready(client: TorchServeClient, state: dict[str, int], run_dir: Path) 
         print(f"tokens     {run_dir / KEY_FILE}  (python scripts/serve.py token inference)")
 
 
-def start_on_free_ports(
-    store: Path, run_dir: Path, extra: tuple[str, ...] = (), timeout: float = 900.0
-) -> tuple[TorchServeClient, str]:
-    """A TorchServe for a measurement (benchmark, experiment): every listener, gRPC included, on
-    free loopback ports, so it never clashes with a running server. Its client and its gRPC
-    inference address."""
+def free_port_argv(
+    run_dir: Path, store: Path, extra: tuple[str, ...] = (), timeout: float = 900.0
+) -> list[str]:
+    """`start` arguments with every listener, gRPC included, on its own free loopback port,
+    so the instance never clashes with a running one (benchmarks, experiments, tests)."""
     ports = free_ports(5)
     settings = [
         f"inference_address=http://127.0.0.1:{ports[0]}",
@@ -305,9 +304,18 @@ def start_on_free_ports(
     argv += ["--timeout", str(timeout)]
     for setting in settings:
         argv += ["--set", setting]
-    if main(argv) != 0:
+    return argv
+
+
+def start_on_free_ports(
+    store: Path, run_dir: Path, extra: tuple[str, ...] = (), timeout: float = 900.0
+) -> tuple[TorchServeClient, str]:
+    """A TorchServe for a measurement on free loopback ports: its client and its gRPC
+    inference address."""
+    if main(free_port_argv(run_dir, store, extra, timeout)) != 0:
         raise SystemExit(f"TorchServe did not start; see {run_dir / 'logs'}")
-    return TorchServeClient.from_run_dir(run_dir), f"127.0.0.1:{ports[3]}"
+    port = read_properties(run_dir / "config.properties")["grpc_inference_port"]
+    return TorchServeClient.from_run_dir(run_dir), f"127.0.0.1:{port}"
 
 
 def stop_server(run_dir: Path, timeout: float = 60.0) -> bool:

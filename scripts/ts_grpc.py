@@ -138,16 +138,3 @@ async def closed_loop(
         await asyncio.gather(*(client() for _ in range(concurrency)))
     result.duration_s = time.perf_counter() - started
     return result
-
-
-def closed_loop_in_process(
-    target: GrpcTarget,
-    uploads: Sequence[Upload],
-    concurrency: int,
-    duration: float,
-    timeout: float,
-    start_at: float,
-) -> StepResult:
-    time.sleep(max(0.0, start_at - time.time()))
-    loop = closed_loop(target, uploads, concurrency, duration=duration, timeout=timeout)
-    return asyncio.run(loop)

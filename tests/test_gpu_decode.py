@@ -21,7 +21,7 @@ from handler.stage_metrics import StageClock
 from modelspec.imaging import served_crop
 from modelspec.meta import PreprocessSpec
 from modelspec.reference import reference_rgb
-from scripts.gpu_e2e import cover_uploads
+from scripts.sample_images import cover_uploads
 from tests.helpers import (
     FakeContext,
     assert_answers_match,

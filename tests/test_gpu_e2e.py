@@ -9,6 +9,7 @@ import pytest
 
 from scripts import gpu_e2e, loadgen
 from scripts.loadtest import client_ceiling
+from scripts.sample_images import cover_uploads
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_processes_merge_into_one_result():
     """Three processes against a do-nothing server: every request counted once, all 200, and
     the merged throughput is the requests over the common measuring window."""
-    uploads = gpu_e2e.cover_uploads(4)
+    uploads = cover_uploads(4)
     assert len({u.body for u in uploads}) == 4 and all(u.size == (600, 800) for u in uploads)
     result = client_ceiling(uploads, concurrency=6, duration=1.5, processes=3)
     assert result["processes"] == 3 and result["level"] == 6
@@ -61,7 +62,7 @@ def test_gpu_sampler_without_nvidia_smi_is_absent(monkeypatch):
 
 def test_a_closed_loop_in_processes_keeps_the_target(tmp_path):
     target = loadgen.Target("http://127.0.0.1:9/none", {"Authorization": "Bearer x"})
-    uploads = gpu_e2e.cover_uploads(1)
+    uploads = cover_uploads(1)
     result = loadgen.closed_loop_processes(target, uploads, 2, duration=0.5, processes=2)
     # nothing listens on port 9: every request fails to connect, counted by exception name
     assert result.ok == 0 and result.requests > 0

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from scripts import loadgen, ts_grpc
-from scripts.gpu_e2e import cover_uploads
+from scripts.sample_images import cover_uploads
 from scripts.tsclient import read_properties
 from tests import torchserve
 from tests.helpers import real_images
@@ -64,7 +64,7 @@ def test_the_load_loop_counts_bad_answers_as_their_status(server):
         1,
         duration=1.5,
         processes=1,
-        worker=ts_grpc.closed_loop_in_process,
+        loop=ts_grpc.closed_loop,
     )
     assert set(result.statuses) == {"200", "400"}
     assert abs(result.statuses["200"] - result.statuses["400"]) <= 1  # they alternate
@@ -84,7 +84,7 @@ def test_load_over_grpc_in_processes(server):
         4,
         duration=2.0,
         processes=2,
-        worker=ts_grpc.closed_loop_in_process,
+        loop=ts_grpc.closed_loop,
     )
     assert set(result.statuses) == {"200"} and result.ok > 4
     assert len(result.latencies_ms) == result.requests

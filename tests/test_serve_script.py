@@ -195,7 +195,7 @@ def test_start_survives_a_port_taken_before_torchserve_binds_it(
         handed.append(ports)
         return ports
 
-    monkeypatch.setattr(torchserve, "free_ports", first_one_taken)
+    monkeypatch.setattr(serve, "free_ports", first_one_taken)  # serve.free_port_argv picks them
     store = tmp_path / "store"
     torchserve.archive(exported_small.out_dir, store, "small", "onnx")
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 
 from scripts import build_mar, serve
-from scripts.tsclient import TorchServeClient, free_ports
+from scripts.tsclient import TorchServeClient
 from tests import components
 
 
@@ -62,30 +62,13 @@ def start(run_dir: Path, store: Path, *settings: str, timeout: float = 300) -> R
     components.require("java")
     components.record("torchserve")
     for _ in range(3):
-        code = serve.main(_start_argv(run_dir, store, settings, timeout))
+        code = serve.main(serve.free_port_argv(run_dir, store, settings, timeout))
         if code == 0 or not _lost_a_port(run_dir):
             break
     assert code == 0, "TorchServe did not start; see " + str(run_dir / "logs")
     pid = serve.recorded_pid(run_dir)
     assert pid is not None
     return RunningServer(run_dir, store, TorchServeClient.from_run_dir(run_dir), pid)
-
-
-def _start_argv(run_dir: Path, store: Path, settings: tuple[str, ...], timeout: float) -> list:
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    overrides = [
-        f"inference_address=http://127.0.0.1:{inference}",
-        f"management_address=http://127.0.0.1:{management}",
-        f"metrics_address=http://127.0.0.1:{metrics}",
-        f"grpc_inference_port={grpc_inference}",
-        f"grpc_management_port={grpc_management}",
-        *settings,
-    ]
-    argv = ["--run-dir", str(run_dir), "start", "--model-store", str(store)]
-    argv += ["--timeout", str(timeout)]
-    for override in overrides:
-        argv += ["--set", override]
-    return argv
 
 
 def _lost_a_port(run_dir: Path) -> bool:
