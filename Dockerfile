@@ -32,6 +32,7 @@ COPY pyproject.toml README.md config.properties log4j2.xml metrics.yaml ./
 COPY modelspec/ modelspec/
 COPY export/ export/
 COPY handler/ handler/
+COPY gameart/ gameart/
 COPY scripts/ scripts/
 RUN /app/.venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation -e . \
     && /app/.venv/bin/python scripts/check_install.py \

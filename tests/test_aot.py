@@ -20,12 +20,12 @@ from torch import nn
 from export import cli
 from export.aot import MAX_BATCH, write_aoti
 from export.parity import parity_inputs
+from gameart.pipeline.archive import BuildError, check_aoti_device
 from handler.backends import AotBackend
 from handler.config import HandlerConfig
 from handler.service import ImageClassifierService
 from modelspec.aoti import KEY, AotiError, AotiModel
 from modelspec.meta import ModelMeta, PreprocessSpec
-from scripts.build_mar import BuildError, check_aoti_device
 from tests.conftest import Exported, trained_like
 from tests.helpers import (
     FakeContext,

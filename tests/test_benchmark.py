@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts import benchmark
+from gameart.measure import benchmark
 from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from gameart.ops.client import free_ports
 from handler.cache import RedisCache, image_key, model_identity
 from handler.service import ImageClassifierService
-from scripts.tsclient import free_ports
 from tests.components import require
 from tests.helpers import FakeContext, real_images, requests_for, statuses
 

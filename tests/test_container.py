@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import check_env, serve
+from gameart.ops import environment as check_env
+from gameart.ops import server as serve
 from tests.helpers import REPO_ROOT
 
 DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()

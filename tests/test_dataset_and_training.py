@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from export.cli import main as export_main
+from gameart.pipeline import dataset as build_dataset
+from gameart.pipeline import training as train
 from modelspec.meta import ModelMeta
-from scripts import build_dataset, train
 from tests.components import require
 from tests.helpers import encode
 
@@ -197,6 +198,6 @@ def test_partial_unfreezing_trains_end_to_end(tmp_path, tiny_dataset):
 
 def test_train_help():
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.train", "--help"], capture_output=True, text=True
+        [sys.executable, "scripts/train.py", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "--time-budget" in result.stdout

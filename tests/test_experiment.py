@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scripts import experiment
+from gameart.measure import experiment
 
 pytestmark = pytest.mark.integration
 

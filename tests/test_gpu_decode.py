@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from gameart.measure.uploads import cover_uploads
 from handler.config import HandlerConfig
 from handler.decode import inspect_image
 from handler.gpu_decode import BatchJpegDecoder, decode_eligibility
@@ -21,7 +22,6 @@ from handler.stage_metrics import StageClock
 from modelspec.imaging import served_crop
 from modelspec.meta import PreprocessSpec
 from modelspec.reference import reference_rgb
-from scripts.sample_images import cover_uploads
 from tests.helpers import (
     FakeContext,
     assert_answers_match,

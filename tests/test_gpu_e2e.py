@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from scripts import gpu_e2e, loadgen
-from scripts.loadtest import client_ceiling
-from scripts.sample_images import cover_uploads
+from gameart.measure import gpu_e2e, loadgen
+from gameart.measure.loadtest import client_ceiling
+from gameart.measure.uploads import cover_uploads
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from scripts import loadgen, ts_grpc
-from scripts.sample_images import cover_uploads
-from scripts.tsclient import read_properties
+from gameart.measure import grpc_load as ts_grpc
+from gameart.measure import loadgen
+from gameart.measure.uploads import cover_uploads
+from gameart.ops.client import read_properties
 from tests import torchserve
 from tests.helpers import real_images
 

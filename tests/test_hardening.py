@@ -17,12 +17,14 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gameart.measure import loadgen
+from gameart.measure.uploads import upload_mix
+from gameart.ops import nginx as nginx_front
+from gameart.ops import server as serve
+from gameart.ops.client import free_ports, prometheus_value
 from handler.decode import decode_image
 from handler.errors import RequestError
 from modelspec.meta import PROJECT_POLICY, TORCHVISION_POLICY
-from scripts import loadgen, nginx_front, serve
-from scripts.sample_images import upload_mix
-from scripts.tsclient import free_ports, prometheus_value
 from tests import torchserve
 from tests.components import require
 from tests.helpers import (
@@ -204,7 +206,7 @@ def test_soak_memory_stays_flat(server):
     target = loadgen.Target(
         f"{client.endpoints.inference}/predictions/small", client.headers("inference")
     )
-    from scripts.loadtest import mixed
+    from gameart.measure.loadtest import mixed
 
     uploads = mixed(upload_mix(), 0.2)
     loadgen.run(loadgen.closed_loop(target, uploads, 8, duration=120, max_requests=300))

@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
+from gameart.measure import hostile_bench
+from gameart.measure.hostile_inputs import corpus
 from handler import service as service_module
 from handler.cache import image_key
 from handler.inputs import MAX_TOP_K
 from handler.service import ImageClassifierService
 from modelspec.imaging import Normalizer, served_crop
-from scripts import hostile_bench
-from scripts.hostile_inputs import corpus
 from tests import torchserve
 from tests.helpers import (
     FakeContext,

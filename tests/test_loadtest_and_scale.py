@@ -10,8 +10,9 @@ import time
 import pytest
 from PIL import Image
 
-from scripts import loadgen, loadtest, scale
-from scripts.sample_images import upload_mix
+from gameart.measure import loadgen, loadtest
+from gameart.measure.uploads import upload_mix
+from gameart.ops import scaling as scale
 from tests import torchserve
 from tests.components import require
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import build_mar, serve
-from scripts.check_env import EnvironmentProblem, find_java
-from scripts.tsclient import free_ports
+from gameart.ops import server as serve
+from gameart.ops.client import free_ports
+from gameart.ops.environment import EnvironmentProblem, find_java
+from gameart.pipeline import archive as build_mar
 from tests import torchserve
 from tests.helpers import REPO_ROOT
 

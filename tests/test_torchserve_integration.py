@@ -20,8 +20,8 @@ import pytest
 import requests
 from PIL import Image
 
-from scripts.hostile_inputs import corpus
-from scripts.tsclient import prometheus_value
+from gameart.measure.hostile_inputs import corpus
+from gameart.ops.client import prometheus_value
 from tests import torchserve
 from tests.helpers import (
     assert_answers_match,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import psutil
 
-from scripts import build_mar, serve
-from scripts.tsclient import TorchServeClient
+from gameart.ops import server as serve
+from gameart.ops.client import TorchServeClient
+from gameart.pipeline import archive as build_mar
 from tests import components
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from gameart.paths import REPO_ROOT
+
 DEFAULT_RUN_DIR = REPO_ROOT / ".run" / "torchserve"
 DEFAULT_CONFIG = REPO_ROOT / "config.properties"
 SERVER_FILE = "server.json"  # what `serve.py start` records about the running instance

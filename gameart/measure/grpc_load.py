@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from scripts.loadgen import StepResult
-from scripts.sample_images import Upload
+from gameart.measure.loadgen import StepResult
+from gameart.measure.uploads import Upload
 
 PROTO = "inference.proto"
 

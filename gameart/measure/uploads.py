@@ -14,7 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from gameart.paths import REPO_ROOT
+
 SOURCES = REPO_ROOT / "export" / "parity_images"
 
 

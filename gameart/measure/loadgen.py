@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
-from scripts.sample_images import Upload
+from gameart.measure.uploads import Upload
 
 
 class LoadError(RuntimeError):

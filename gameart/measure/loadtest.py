@@ -1,0 +1,475 @@
+#!/usr/bin/env python3
+"""Load-test a running TorchServe model: closed-loop concurrency sweep and open-loop rates.
+
+  python scripts/loadtest.py --model gameart                       # closed loop 1, 4, 16, 64
+  python scripts/loadtest.py --model gameart --rate 5 10 20 --duration 20   # open loop
+  python scripts/loadtest.py --model gameart --bad-share 0.2       # 20 % malformed uploads
+
+Every step is bounded by --duration and --max-requests and stops by itself. Traffic goes to
+loopback only unless --allow-remote. Per step it reports requests, throughput, p50/p90/p99/max,
+errors by status, the server's own mean queue and inference time (Prometheus counters), and it
+first measures the client's own ceiling against a trivial local endpoint, so a client-bound
+result cannot pass for a server-bound one. Output: JSON, CSV and a PNG plot in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gameart.measure import loadgen
+from gameart.measure.uploads import Upload, upload_mix, uploads_from_folder
+from gameart.ops.client import (
+    DEFAULT_RUN_DIR,
+    REPO_ROOT,
+    Endpoints,
+    TorchServeClient,
+    TorchServeError,
+    prometheus_value,
+)
+
+DEFAULT_OUT = REPO_ROOT / "results" / "loadtest"
+
+
+# ---- what to send --------------------------------------------------------------------------
+def bad_uploads(good: Sequence[Upload]) -> list[Upload]:
+    """Malformed uploads a real service receives: each must cost its sender a 4xx, nothing more."""
+    jpeg = next((u for u in good if u.content_type == "image/jpeg"), good[0])
+    return [
+        Upload("not_an_image.txt", b"this is a text file, not a picture", "image/jpeg", (0, 0)),
+        Upload("truncated.jpg", jpeg.body[: len(jpeg.body) // 3], "image/jpeg", jpeg.size),
+        Upload("empty.jpg", b"", "image/jpeg", (0, 0)),
+        Upload("tiff.tif", b"II*\x00\x08\x00\x00\x00" + bytes(64), "image/tiff", (0, 0)),
+    ]
+
+
+def mixed(good: Sequence[Upload], bad_share: float, count: int = 200) -> Sequence[Upload]:
+    """A fixed sequence with exactly the wanted share of bad uploads, spread evenly through it
+    (item i is bad when floor((i + 1) * share) steps up), cycling through the kinds of bad."""
+    if bad_share <= 0:
+        return good
+    bad = bad_uploads(good)
+    sequence, bad_seen = [], 0
+    for i in range(count):
+        if int((i + 1) * bad_share) > int(i * bad_share):
+            sequence.append(bad[bad_seen % len(bad)])
+            bad_seen += 1
+        else:
+            sequence.append(good[(i - bad_seen) % len(good)])
+    return sequence
+
+
+# ---- server-side view ----------------------------------------------------------------------
+COUNTERS = (
+    "ts_inference_requests_total",
+    "ts_queue_latency_microseconds",
+    "ts_inference_latency_microseconds",
+)
+
+
+def server_counters(client: TorchServeClient, model: str) -> dict[str, float] | None:
+    """TorchServe's own per-model counters; None when the metrics API cannot be read."""
+    try:
+        text = client.metrics_text()
+    except (TorchServeError, OSError) as exc:
+        print(f"  (metrics unavailable: {exc})")
+        return None
+    return {name: prometheus_value(text, name, model_name=model) for name in COUNTERS}
+
+
+def server_view(before: dict | None, after: dict | None) -> dict[str, Any]:
+    """Mean queue wait and mean time in the server per request, from counter deltas."""
+    if not before or not after:
+        return {}
+    requests = after["ts_inference_requests_total"] - before["ts_inference_requests_total"]
+    if requests <= 0:
+        return {"server_requests": 0}
+    queue = after["ts_queue_latency_microseconds"] - before["ts_queue_latency_microseconds"]
+    total = after["ts_inference_latency_microseconds"] - before["ts_inference_latency_microseconds"]
+    return {
+        "server_requests": int(requests),
+        "server_queue_ms": round(queue / requests / 1e3, 2),
+        "server_latency_ms": round(total / requests / 1e3, 2),
+    }
+
+
+# ---- the client's own ceiling --------------------------------------------------------------
+def _trivial_server(port: int, ready, reuse_port: bool = False) -> None:
+    """Answers every POST with a small fixed JSON, at once: the client's upper bound."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"label": "x", "confidence": 1.0, "top_k": []})
+
+    app = web.Application(client_max_size=64 * 2**20)
+    app.router.add_post("/{tail:.*}", answer)
+    ready.set()
+    web.run_app(
+        app, host="127.0.0.1", port=port, print=None, handle_signals=True, reuse_port=reuse_port
+    )
+
+
+def client_ceiling(
+    uploads: Sequence[Upload], concurrency: int, duration: float, processes: int = 1
+) -> dict[str, Any]:
+    """The load generator against a do-nothing endpoint, same payloads: what the client itself
+    can send. With several client processes the endpoint gets as many server processes
+    (SO_REUSEPORT spreads the connections), so the do-nothing side does not saturate first."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    servers = []
+    for _ in range(processes):
+        ready = context.Event()
+        args = (port, ready, processes > 1)
+        process = context.Process(target=_trivial_server, args=args, daemon=True)
+        process.start()
+        servers.append((process, ready))
+    try:
+        for _, ready in servers:
+            ready.wait(20)
+        _wait_for_port(port)
+        target = loadgen.Target(f"http://127.0.0.1:{port}/predict", {})
+        if processes == 1:  # the same in-process client the load test measures with
+            loop = loadgen.closed_loop(
+                target, uploads, concurrency, duration=duration, max_requests=10**6
+            )
+            result = loadgen.run(loop)
+        else:
+            result = loadgen.closed_loop_processes(
+                target, uploads, concurrency, duration=duration, processes=processes
+            )
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.join(5)
+    return {"concurrency": concurrency, "processes": processes, **result.summary()}
+
+
+def _wait_for_port(port: int) -> None:
+    for _ in range(100):  # wait until it accepts connections
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+# ---- cross-check with a tool nobody here wrote ---------------------------------------------
+def apache_bench(
+    url: str, headers: dict[str, str], upload: Upload, concurrency: int, requests: int
+) -> dict[str, Any]:
+    """Apache Bench (Debian's apache2-utils) on the same URL, body and concurrency.
+
+    -k (keep-alive) is needed: ab speaks HTTP/1.0 and, without keep-alive, waits for the server
+    to close each connection, which TorchServe's Netty frontend does not do; our client keeps
+    connections alive too, so the two measure the same thing."""
+    if not shutil.which("ab"):
+        raise SystemExit("ab is not installed: apt-get install apache2-utils")
+    with tempfile.NamedTemporaryFile(suffix=Path(upload.name).suffix) as body:
+        body.write(upload.body)
+        body.flush()
+        command = [
+            "ab",
+            "-k",
+            "-q",
+            "-n",
+            str(requests),
+            "-c",
+            str(concurrency),
+            "-p",
+            body.name,
+            "-T",
+            upload.content_type,
+        ]
+        for key, value in headers.items():
+            command += ["-H", f"{key}: {value}"]
+        output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+
+    def number(label: str) -> float:
+        for line in output.splitlines():
+            if line.startswith(label):
+                return float(line.split(":", 1)[1].split()[0])
+        raise ValueError(f"ab printed no {label!r}")
+
+    percentiles = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].endswith("%") and parts[1].isdigit():
+            percentiles[parts[0]] = float(parts[1])
+    return {
+        "tool": "ab",
+        "concurrency": concurrency,
+        "requests": int(number("Complete requests")),
+        "failed": int(number("Failed requests")),
+        "non_2xx": int(number("Non-2xx responses")) if "Non-2xx" in output else 0,
+        "throughput_rps": number("Requests per second"),
+        "p50_ms": percentiles.get("50%"),
+        "p90_ms": percentiles.get("90%"),
+        "p99_ms": percentiles.get("99%"),
+    }
+
+
+# ---- report --------------------------------------------------------------------------------
+def print_step(row: dict[str, Any]) -> None:
+    level = f"c={int(row['level'])}" if row["mode"] == "closed" else f"{row['level']:g} req/s"
+    server = (
+        (
+            f"  server: queue {row['server_queue_ms']:.1f} ms, in-server "
+            f"{row['server_latency_ms']:.1f} ms"
+        )
+        if "server_queue_ms" in row
+        else ""
+    )
+    print(
+        f"{row['mode']:6s} {level:>10s}: {row['requests']:5d} req {row['throughput_rps']:7.1f}/s"
+        f"  p50 {row['p50_ms']:7.1f}  p90 {row['p90_ms']:7.1f}  p99 {row['p99_ms']:7.1f}  "
+        f"max {row['max_ms']:7.1f} ms  {row['statuses']}{server}",
+        flush=True,
+    )
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "loadtest.json").write_text(json.dumps(report, indent=2) + "\n")
+    fields = [
+        "mode",
+        "level",
+        "requests",
+        "ok",
+        "throughput_rps",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
+        "server_queue_ms",
+        "server_latency_ms",
+        "statuses",
+        "late_starts",
+    ]
+    with open(out / "loadtest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in report["steps"]:
+            writer.writerow({**row, "statuses": json.dumps(row["statuses"])})
+    plot(report, out / "loadtest.png")
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m in ("closed", "open") if any(r["mode"] == m for r in report["steps"])]
+    figure, axes = plt.subplots(
+        1, len(modes), figsize=(6.5 * len(modes), 4.5), dpi=100, squeeze=False
+    )
+    for axis, mode in zip(axes[0], modes, strict=True):
+        rows = [r for r in report["steps"] if r["mode"] == mode]
+        x = [r["level"] for r in rows]
+        for key in ("p50_ms", "p90_ms", "p99_ms"):
+            axis.plot(x, [r[key] for r in rows], marker="o", label=key.replace("_ms", ""))
+        axis.set(
+            xscale="log",
+            yscale="log",
+            ylabel="latency (ms)",
+            xlabel="concurrent clients" if mode == "closed" else "offered load (req/s)",
+            title=f"{report['model']}: {mode} loop",
+        )
+        axis.grid(True, which="both", alpha=0.3)
+        twin = axis.twinx()
+        twin.plot(x, [r["throughput_rps"] for r in rows], "k--", marker="s", label="throughput")
+        twin.set_ylabel("answered 200 / s")
+        lines = axis.get_legend_handles_labels()
+        extra = twin.get_legend_handles_labels()
+        axis.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=8, loc="upper left")
+    ceiling = report.get("client_ceiling", {}).get("throughput_rps")
+    if ceiling:
+        figure.suptitle(f"client ceiling on this machine: {ceiling:.0f} req/s", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+# ---- the command ---------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="model name in /predictions/<model>")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN_DIR,
+        help="server run dir (addresses and key file); default %(default)s",
+    )
+    parser.add_argument("--url", help="inference base URL instead of the run dir's")
+    parser.add_argument("--token", help="inference token instead of the run dir's key file")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="*",
+        default=[1, 4, 16, 64],
+        help="closed-loop steps (default: 1 4 16 64)",
+    )
+    parser.add_argument(
+        "--rate", type=float, nargs="*", default=[], help="open-loop steps in requests/s"
+    )
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per step")
+    parser.add_argument("--max-requests", type=int, default=5000, help="cap per step")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each step")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="folder of images to send (default: a "
+        "built-in mix of cover JPEG, 1080p JPEG/PNG, RGBA PNG)",
+    )
+    parser.add_argument("--multipart", action="store_true", help="send multipart, not raw body")
+    parser.add_argument(
+        "--bad-share", type=float, default=0.0, help="share of malformed uploads (0..1)"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
+    parser.add_argument(
+        "--skip-ceiling", action="store_true", help="skip measuring the client's own ceiling"
+    )
+    parser.add_argument(
+        "--cross-check-ab",
+        type=int,
+        metavar="REQUESTS",
+        help="also run Apache Bench at the first concurrency, this many requests",
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback URL (off by default: load stays local)",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: %(default)s")
+    return parser.parse_args(argv)
+
+
+def make_client(args: argparse.Namespace) -> TorchServeClient:
+    if args.url:
+        endpoints = Endpoints(args.url.rstrip("/"), "", "")
+        client = TorchServeClient(endpoints)
+    else:
+        client = TorchServeClient.from_run_dir(args.run_dir)
+    if args.token:
+        client.set_token("inference", args.token)
+    return client
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    client = make_client(args)
+    url = f"{client.endpoints.inference}/predictions/{args.model}"
+    loadgen.ensure_loopback(url, args.allow_remote)
+    good = uploads_from_folder(args.images) if args.images else upload_mix()
+    if not good:
+        raise SystemExit(f"no images found in {args.images}")
+    uploads = mixed(good, args.bad_share)
+    target = loadgen.Target(url, client.headers("inference"), multipart=args.multipart)
+    report: dict[str, Any] = {
+        "model": args.model,
+        "url": url,
+        "multipart": args.multipart,
+        "bad_share": args.bad_share,
+        "uploads": sorted({u.name for u in uploads}),
+        "duration_s": args.duration,
+        "max_requests": args.max_requests,
+        "steps": [],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if not args.skip_ceiling:
+        top = max(args.concurrency or [16])
+        report["client_ceiling"] = client_ceiling(uploads, top, min(args.duration, 5.0))
+        print(
+            f"client ceiling: {report['client_ceiling']['throughput_rps']:.0f} req/s at "
+            f"c={top} against a do-nothing local endpoint (same payloads)",
+            flush=True,
+        )
+    steps = [("closed", c) for c in args.concurrency] + [("open", r) for r in args.rate]
+    for mode, level in steps:
+        if args.warmup > 0:  # let batching and caches settle; not measured
+            warm_level = int(level) if mode == "closed" else 4
+            loadgen.run(
+                loadgen.closed_loop(
+                    target, uploads, warm_level, duration=args.warmup, max_requests=10**6
+                )
+            )
+        before = server_counters(client, args.model)
+        if mode == "closed":
+            step = loadgen.closed_loop(
+                target,
+                uploads,
+                int(level),
+                duration=args.duration,
+                max_requests=args.max_requests,
+                timeout=args.timeout,
+            )
+        else:
+            step = loadgen.open_loop(
+                target,
+                uploads,
+                level,
+                duration=args.duration,
+                max_requests=args.max_requests,
+                timeout=args.timeout,
+            )
+        result = loadgen.run(step)
+        row = {**result.summary(), **server_view(before, server_counters(client, args.model))}
+        report["steps"].append(row)
+        print_step(row)
+    if args.cross_check_ab:
+        concurrency = args.concurrency[0] if args.concurrency else 1
+        jpeg = next(u for u in good if u.content_type == "image/jpeg")
+        ab = apache_bench(url, client.headers("inference"), jpeg, concurrency, args.cross_check_ab)
+        ours = loadgen.run(
+            loadgen.closed_loop(
+                loadgen.Target(url, client.headers("inference")),
+                [jpeg],
+                concurrency,
+                duration=args.duration,
+                max_requests=args.cross_check_ab,
+            )
+        )
+        report["cross_check"] = {
+            "ab": ab,
+            "ours": ours.summary(),
+            "throughput_ratio": round(ours.summary()["throughput_rps"] / ab["throughput_rps"], 3),
+        }
+        print(
+            f"cross-check at c={concurrency} on {jpeg.name}: ab {ab['throughput_rps']:.1f} "
+            f"req/s p50 {ab['p50_ms']} ms; ours {ours.summary()['throughput_rps']:.1f} req/s "
+            f"p50 {ours.summary()['p50_ms']:.0f} ms",
+            flush=True,
+        )
+    write_outputs(report, args.out)
+    print(f"wrote {args.out / 'loadtest.json'}, loadtest.csv, loadtest.png")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (loadgen.LoadError, TorchServeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

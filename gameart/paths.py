@@ -1,0 +1,14 @@
+"""Where things live in a checkout: one place for every default location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG = REPO_ROOT / "config.properties"  # the shipped TorchServe config
+LOG_CONFIG = REPO_ROOT / "log4j2.xml"
+MODEL_STORE = REPO_ROOT / "model_store"
+RUN_DIR = REPO_ROOT / ".run" / "torchserve"  # the default server instance's config, logs, keys
+ARTIFACTS = REPO_ROOT / "artifacts"
+DATA = REPO_ROOT / "data"
+DOCS = REPO_ROOT / "docs"
