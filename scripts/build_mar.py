@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Package an export into a TorchServe .mar (the command line: gameart.pipeline.archive)."""
+"""Package an export into a TorchServe .mar with our handler (gameart/cli/build_mar.py)."""
 
 import sys
 
-from gameart.pipeline import archive as command
+from gameart.cli.build_mar import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

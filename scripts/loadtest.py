@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Load-test a running server (the command line: gameart.measure.loadtest)."""
+"""Load-test a running TorchServe model (gameart/cli/loadtest.py)."""
 
 import sys
 
-from gameart.measure import loadtest as command
+from gameart.cli.loadtest import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The nginx front: TLS, rate limits, body limits (the command line: gameart.ops.nginx)."""
+"""nginx in front of TorchServe: rate limits, inference only (gameart/cli/nginx_front.py)."""
 
 import sys
 
-from gameart.ops import nginx as command
+from gameart.cli.nginx_front import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Show and scale a model's workers (the command line: gameart.ops.scaling)."""
+"""Show and scale a model's workers (gameart/cli/scale.py)."""
 
 import sys
 
-from gameart.ops import scaling as command
+from gameart.cli.scale import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Start, stop and inspect TorchServe (the command line: gameart.ops.server)."""
+"""Start, stop and inspect TorchServe (gameart/cli/serve.py)."""
 
 import sys
 
-from gameart.ops import server as command
+from gameart.cli.serve import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

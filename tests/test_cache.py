@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gameart.ops.client import free_ports
+from gameart.ops.ports import free_ports
 from handler.cache import RedisCache, image_key, model_identity
 from handler.service import ImageClassifierService
 from tests.components import require

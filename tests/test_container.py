@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from gameart.cli import serve as serve_cli
 from gameart.ops import environment as check_env
-from gameart.ops import server as serve
+from gameart.ops.properties import read_properties
 from tests.helpers import REPO_ROOT
 
 DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
@@ -68,18 +69,18 @@ def test_cmd_and_healthcheck_are_real_commands():
     rows = dict(instructions())
     command = exec_form(rows["CMD"])
     assert command[1] == "scripts/serve.py" and (REPO_ROOT / command[1]).is_file()
-    args = serve.build_parser().parse_args(command[2:])
+    args = serve_cli.build_parser().parse_args(command[2:])
     assert args.command == "start" and args.foreground
     assert args.set == ["inference_address=http://0.0.0.0:8080"]  # only inference opens up
     health = exec_form(rows["HEALTHCHECK"].split("CMD", 1)[1])
-    assert serve.build_parser().parse_args(health[2:]).command == "health"
+    assert serve_cli.build_parser().parse_args(health[2:]).command == "health"
     assert rows["EXPOSE"] == "8080"
     assert rows["USER"] == "10001:10001"  # the uid created for `serve`, not root
     assert "--uid 10001" in rows["RUN"] or "--uid 10001" in DOCKERFILE
 
 
 def test_shipped_config_keeps_management_and_metrics_private():
-    props = serve.read_properties(REPO_ROOT / "config.properties")
+    props = read_properties(REPO_ROOT / "config.properties")
     for key in ("management_address", "metrics_address"):
         assert props[key].startswith("http://127.0.0.1:")
     assert props["disable_token_authorization"] == "false"

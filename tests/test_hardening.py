@@ -17,11 +17,11 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gameart.cli import nginx_front, serve
 from gameart.measure import loadgen
 from gameart.measure.uploads import upload_mix
-from gameart.ops import nginx as nginx_front
-from gameart.ops import server as serve
-from gameart.ops.client import free_ports, prometheus_value
+from gameart.ops.client import prometheus_value
+from gameart.ops.ports import free_ports
 from handler.decode import decode_image
 from handler.errors import RequestError
 from modelspec.meta import PROJECT_POLICY, TORCHVISION_POLICY
@@ -51,14 +51,10 @@ def server(tmp_path_factory, exported_small):
         store,
         "small",
         "onnx",
-        "--batch-size",
-        str(BATCH),
-        "--max-batch-delay",
-        "5",
-        "--min-workers",
-        "2",
-        "--max-workers",
-        "2",
+        batch_size=BATCH,
+        max_batch_delay_ms=5,
+        min_workers=2,
+        max_workers=2,
     )
     running = torchserve.start(root / "run", store)
     yield running
@@ -366,7 +362,7 @@ def test_cache_hits_and_misses_reach_prometheus(tmp_path, exported_small):
     redis = RedisServer(tmp_path)
     store = tmp_path / "store"
     torchserve.archive(
-        exported_small.out_dir, store, "cached", "onnx", "--handler-set", f"cache_url={redis.url}"
+        exported_small.out_dir, store, "cached", "onnx", handler_settings={"cache_url": redis.url}
     )
     running = torchserve.start(tmp_path / "run", store)
     try:

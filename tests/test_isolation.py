@@ -274,7 +274,7 @@ def test_a_poison_request_in_a_live_batch_costs_only_itself(tmp_path, exported_s
     )
     store = tmp_path / "store"
     torchserve.archive(
-        export, store, "poisoned", "torchscript", "--batch-size", "4", "--max-batch-delay", "2000"
+        export, store, "poisoned", "torchscript", batch_size=4, max_batch_delay_ms=2000
     )
     running = torchserve.start(tmp_path / "run", store)
     try:

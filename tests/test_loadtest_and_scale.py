@@ -10,9 +10,11 @@ import time
 import pytest
 from PIL import Image
 
-from gameart.measure import loadgen, loadtest
+from gameart.cli import loadtest, scale
+from gameart.measure import loadgen
+from gameart.measure.loadtest import bad_uploads, mixed
 from gameart.measure.uploads import upload_mix
-from gameart.ops import scaling as scale
+from gameart.ops import scaling
 from tests import torchserve
 from tests.components import require
 
@@ -28,14 +30,10 @@ def server(tmp_path_factory, exported_small):
         store,
         "small",
         "onnx",
-        "--batch-size",
-        "4",
-        "--max-batch-delay",
-        "10",
-        "--min-workers",
-        "1",
-        "--max-workers",
-        "2",
+        batch_size=4,
+        max_batch_delay_ms=10,
+        min_workers=1,
+        max_workers=2,
     )
     # One worker, no batching and a queue of 2: a model that is easy to overload on purpose.
     torchserve.archive(
@@ -43,12 +41,9 @@ def server(tmp_path_factory, exported_small):
         store,
         "tiny_queue",
         "onnx",
-        "--batch-size",
-        "1",
-        "--job-queue-size",
-        "2",
-        "--handler-set",
-        "intra_op_threads=1",
+        batch_size=1,
+        job_queue_size=2,
+        handler_settings={"intra_op_threads": 1},
     )
     running = torchserve.start(root / "run", store)
     yield running
@@ -78,8 +73,7 @@ def test_closed_and_open_loop_with_bad_inputs(server, tmp_path):
         "--model",
         "small",
         "--concurrency",
-        "1",
-        "4",
+        "1,4",
         "--rate",
         "6",
         "--duration",
@@ -109,8 +103,8 @@ def test_closed_and_open_loop_with_bad_inputs(server, tmp_path):
 
 def test_bad_share_is_exact_and_spread():
     good = upload_mix()
-    sequence = loadtest.mixed(good, 0.25, count=40)
-    bad_names = {u.name for u in loadtest.bad_uploads(good)}
+    sequence = mixed(good, 0.25, count=40)
+    bad_names = {u.name for u in bad_uploads(good)}
     flags = [u.name in bad_names for u in sequence]
     assert sum(flags) == 10 and sum(flags[:8]) == 2  # every fourth, from the start
     assert {u.name for u in sequence} >= bad_names  # every kind of bad input is sent
@@ -304,7 +298,7 @@ def test_watch_scales_up_under_load_and_back_down(server, capsys):
 
 
 def test_decide_has_hysteresis_and_bounds():
-    policy = scale.Policy(
+    policy = scaling.Policy(
         min_workers=1,
         max_workers=3,
         queue_high=8,
@@ -315,16 +309,16 @@ def test_decide_has_hysteresis_and_bounds():
         down_after=3,
         cooldown_s=10,
     )
-    state = scale.ControllerState()
-    assert scale.decide(1, 20, 50, 100.0, policy, state) == 1  # one high interval: wait
-    assert scale.decide(1, 20, 50, 101.0, policy, state) == 2  # second in a row: scale up
+    state = scaling.ControllerState()
+    assert scaling.decide(1, 20, 50, 100.0, policy, state) == 1  # one high interval: wait
+    assert scaling.decide(1, 20, 50, 101.0, policy, state) == 2  # second in a row: scale up
     state.last_change = 101.0
-    assert scale.decide(2, 20, 50, 105.0, policy, state) == 2  # cool-down holds
-    assert scale.decide(2, 0, 2000, 112.0, policy, state) == 3  # p99 alone is enough
+    assert scaling.decide(2, 20, 50, 105.0, policy, state) == 2  # cool-down holds
+    assert scaling.decide(2, 0, 2000, 112.0, policy, state) == 3  # p99 alone is enough
     state.last_change = 112.0
-    assert scale.decide(3, 50, 5000, 130.0, policy, state) == 3  # never above max
+    assert scaling.decide(3, 50, 5000, 130.0, policy, state) == 3  # never above max
     for now in (131.0, 132.0):
-        assert scale.decide(3, 0, 100, now, policy, state) == 3  # low, but not long enough
-    assert scale.decide(3, 0, 100, 133.0, policy, state) == 2  # third low interval
-    assert scale.decide(3, 5, 500, 200.0, scale.Policy(1, 2), scale.ControllerState()) == 2
-    assert scale.decide(0, 0, None, 0.0, policy, scale.ControllerState()) == 1  # below min
+        assert scaling.decide(3, 0, 100, now, policy, state) == 3  # low, but not long enough
+    assert scaling.decide(3, 0, 100, 133.0, policy, state) == 2  # third low interval
+    assert scaling.decide(3, 5, 500, 200.0, scaling.Policy(1, 2), scaling.ControllerState()) == 2
+    assert scaling.decide(0, 0, None, 0.0, policy, scaling.ControllerState()) == 1  # below min

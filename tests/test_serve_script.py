@@ -1,4 +1,4 @@
-"""scripts/serve.py and scripts/build_mar.py: archives, config handling, clear failures."""
+"""The serve and build_mar commands and the lifecycle under them: archives, config, failures."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gameart.cli import build_mar as build_mar_cli
+from gameart.cli import serve as serve_cli
 from gameart.ops import server as serve
-from gameart.ops.client import free_ports
 from gameart.ops.environment import EnvironmentProblem, find_java
-from gameart.pipeline import archive as build_mar
+from gameart.ops.ports import free_ports
+from gameart.ops.properties import effective_config
 from tests import torchserve
 from tests.helpers import REPO_ROOT
 
@@ -27,12 +29,9 @@ def test_archive_contents_and_model_config(tmp_path, exported_small):
         tmp_path,
         "small",
         "onnx",
-        "--batch-size",
-        "16",
-        "--max-batch-delay",
-        "7",
-        "--handler-set",
-        "max_image_pixels=1000",
+        batch_size=16,
+        max_batch_delay_ms=7,
+        handler_settings={"max_image_pixels": 1000},
     )
     with zipfile.ZipFile(mar) as archive:
         names = set(archive.namelist())
@@ -59,7 +58,7 @@ def test_archive_contents_and_model_config(tmp_path, exported_small):
 
 def test_archive_refuses_a_missing_precision_and_bad_settings(tmp_path, exported_cover, capsys):
     assert (
-        build_mar.main(
+        build_mar_cli.main(
             [
                 "--export-dir",
                 str(exported_cover.out_dir),
@@ -73,7 +72,7 @@ def test_archive_refuses_a_missing_precision_and_bad_settings(tmp_path, exported
     )
     assert "no torchscript/fp16 model" in capsys.readouterr().err
     assert (
-        build_mar.main(
+        build_mar_cli.main(
             [
                 "--export-dir",
                 str(exported_cover.out_dir),
@@ -103,7 +102,7 @@ def test_archiver_cannot_delete_a_folder_named_like_the_model(
 
 def test_effective_config_overrides_and_appends():
     base = REPO_ROOT / "config.properties"
-    text = serve.effective_config(base, {"job_queue_size": "7", "brand_new": "x"})
+    text = effective_config(base, {"job_queue_size": "7", "brand_new": "x"})
     assert "job_queue_size=7" in text and "job_queue_size=100" not in text
     assert text.rstrip().endswith("brand_new=x")
     assert "inference_address=http://127.0.0.1:8080" in text
@@ -141,13 +140,15 @@ def test_check_env_script_runs():
 
 
 def test_start_with_an_empty_store_says_what_to_do(tmp_path, capsys):
-    code = serve.main(["--run-dir", str(tmp_path / "run"), "start", "--model-store", str(tmp_path)])
+    code = serve_cli.main(
+        ["--run-dir", str(tmp_path / "run"), "start", "--model-store", str(tmp_path)]
+    )
     assert code == 1
     assert "no .mar files" in capsys.readouterr().err
 
 
 def test_stop_without_a_server(tmp_path, capsys):
-    assert serve.main(["--run-dir", str(tmp_path), "stop"]) == 0
+    assert serve_cli.main(["--run-dir", str(tmp_path), "stop"]) == 0
     assert "no server running" in capsys.readouterr().out
 
 
@@ -196,7 +197,7 @@ def test_start_survives_a_port_taken_before_torchserve_binds_it(
         handed.append(ports)
         return ports
 
-    monkeypatch.setattr(serve, "free_ports", first_one_taken)  # serve.free_port_argv picks them
+    monkeypatch.setattr(serve, "free_ports", first_one_taken)  # start_server picks them
     store = tmp_path / "store"
     torchserve.archive(exported_small.out_dir, store, "small", "onnx")
     try:

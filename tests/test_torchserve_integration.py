@@ -41,12 +41,14 @@ IMAGES = real_images()
 def server(tmp_path_factory, exported_cover, exported_screens):
     root = tmp_path_factory.mktemp("torchserve")
     store = root / "model_store"
-    settings = ["--batch-size", str(BATCH), "--max-batch-delay", str(WINDOW_MS)]
+    settings = {"batch_size": BATCH, "max_batch_delay_ms": WINDOW_MS}
     # the cover model decodes plain JPEGs in batches (handler/gpu_decode.py; libjpeg-turbo on
     # this CPU, nvJPEG on a GPU worker), so that path is served by a real TorchServe too
-    cover_settings = [*settings, "--handler-set", "gpu_decode=on"]
-    torchserve.archive(exported_cover.out_dir, store, "cover_genre", "torchscript", *cover_settings)
-    torchserve.archive(exported_screens.out_dir, store, "screen_game", "onnx", *settings)
+    cover_settings = {**settings, "handler_settings": {"gpu_decode": "on"}}
+    torchserve.archive(
+        exported_cover.out_dir, store, "cover_genre", "torchscript", **cover_settings
+    )
+    torchserve.archive(exported_screens.out_dir, store, "screen_game", "onnx", **settings)
     running = torchserve.start(root / "run", store)
     yield running
     running.stop()

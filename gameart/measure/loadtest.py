@@ -1,45 +1,53 @@
-#!/usr/bin/env python3
 """Load-test a running TorchServe model: closed-loop concurrency sweep and open-loop rates.
 
-  python scripts/loadtest.py --model gameart                       # closed loop 1, 4, 16, 64
-  python scripts/loadtest.py --model gameart --rate 5 10 20 --duration 20   # open loop
-  python scripts/loadtest.py --model gameart --bad-share 0.2       # 20 % malformed uploads
-
-Every step is bounded by --duration and --max-requests and stops by itself. Traffic goes to
-loopback only unless --allow-remote. Per step it reports requests, throughput, p50/p90/p99/max,
-errors by status, the server's own mean queue and inference time (Prometheus counters), and it
-first measures the client's own ceiling against a trivial local endpoint, so a client-bound
-result cannot pass for a server-bound one. Output: JSON, CSV and a PNG plot in --out.
+Every step is bounded by a duration and a request cap and stops by itself; traffic goes to
+loopback only unless allowed otherwise. Per step it reports requests, throughput,
+p50/p90/p99/max, errors by status, the server's own mean queue and inference time (Prometheus
+counters), and it first measures the client's own ceiling against a trivial local endpoint, so
+a client-bound result cannot pass for a server-bound one. Output: JSON, CSV and a PNG plot.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import multiprocessing
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gameart.measure import loadgen
 from gameart.measure.uploads import Upload, upload_mix, uploads_from_folder
-from gameart.ops.client import (
-    DEFAULT_RUN_DIR,
-    REPO_ROOT,
-    Endpoints,
-    TorchServeClient,
-    TorchServeError,
-    prometheus_value,
-)
+from gameart.ops.client import TorchServeClient, TorchServeError, prometheus_value
+from gameart.paths import REPO_ROOT
 
 DEFAULT_OUT = REPO_ROOT / "results" / "loadtest"
+
+
+@dataclass(frozen=True)
+class LoadTestSpec:
+    """One load test: what to send to which model, in which steps, for how long."""
+
+    model: str
+    concurrency: tuple[int, ...] = (1, 4, 16, 64)  # closed-loop steps
+    rates: tuple[float, ...] = ()  # open-loop steps, requests/s
+    duration_s: float = 15.0  # per step
+    max_requests: int = 5000  # per step
+    warmup_s: float = 2.0  # before each step, not measured
+    images: Path | None = None  # a folder; None: the built-in upload mix
+    multipart: bool = False
+    bad_share: float = 0.0  # share of malformed uploads (0..1)
+    timeout_s: float = 60.0  # per request
+    measure_ceiling: bool = True
+    cross_check_ab: int | None = None  # Apache Bench requests at the first concurrency
+    allow_remote: bool = False
+    out: Path = DEFAULT_OUT
 
 
 # ---- what to send --------------------------------------------------------------------------
@@ -305,144 +313,80 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-# ---- the command ---------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", required=True, help="model name in /predictions/<model>")
-    parser.add_argument(
-        "--run-dir",
-        type=Path,
-        default=DEFAULT_RUN_DIR,
-        help="server run dir (addresses and key file); default %(default)s",
-    )
-    parser.add_argument("--url", help="inference base URL instead of the run dir's")
-    parser.add_argument("--token", help="inference token instead of the run dir's key file")
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        nargs="*",
-        default=[1, 4, 16, 64],
-        help="closed-loop steps (default: 1 4 16 64)",
-    )
-    parser.add_argument(
-        "--rate", type=float, nargs="*", default=[], help="open-loop steps in requests/s"
-    )
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per step")
-    parser.add_argument("--max-requests", type=int, default=5000, help="cap per step")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each step")
-    parser.add_argument(
-        "--images",
-        type=Path,
-        help="folder of images to send (default: a "
-        "built-in mix of cover JPEG, 1080p JPEG/PNG, RGBA PNG)",
-    )
-    parser.add_argument("--multipart", action="store_true", help="send multipart, not raw body")
-    parser.add_argument(
-        "--bad-share", type=float, default=0.0, help="share of malformed uploads (0..1)"
-    )
-    parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
-    parser.add_argument(
-        "--skip-ceiling", action="store_true", help="skip measuring the client's own ceiling"
-    )
-    parser.add_argument(
-        "--cross-check-ab",
-        type=int,
-        metavar="REQUESTS",
-        help="also run Apache Bench at the first concurrency, this many requests",
-    )
-    parser.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow a non-loopback URL (off by default: load stays local)",
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: %(default)s")
-    return parser.parse_args(argv)
-
-
-def make_client(args: argparse.Namespace) -> TorchServeClient:
-    if args.url:
-        endpoints = Endpoints(args.url.rstrip("/"), "", "")
-        client = TorchServeClient(endpoints)
-    else:
-        client = TorchServeClient.from_run_dir(args.run_dir)
-    if args.token:
-        client.set_token("inference", args.token)
-    return client
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    client = make_client(args)
-    url = f"{client.endpoints.inference}/predictions/{args.model}"
-    loadgen.ensure_loopback(url, args.allow_remote)
-    good = uploads_from_folder(args.images) if args.images else upload_mix()
+def run(spec: LoadTestSpec, client: TorchServeClient) -> dict[str, Any]:
+    """Run every step of `spec` against the client's server; the report, also written to
+    spec.out (loadtest.json, .csv, .png)."""
+    url = f"{client.endpoints.inference}/predictions/{spec.model}"
+    loadgen.ensure_loopback(url, spec.allow_remote)
+    good = uploads_from_folder(spec.images) if spec.images else upload_mix()
     if not good:
-        raise SystemExit(f"no images found in {args.images}")
-    uploads = mixed(good, args.bad_share)
-    target = loadgen.Target(url, client.headers("inference"), multipart=args.multipart)
+        raise loadgen.LoadError(f"no images found in {spec.images}")
+    uploads = mixed(good, spec.bad_share)
+    target = loadgen.Target(
+        url, client.headers("inference"), multipart=spec.multipart, key_file=client.key_file
+    )
     report: dict[str, Any] = {
-        "model": args.model,
+        "model": spec.model,
         "url": url,
-        "multipart": args.multipart,
-        "bad_share": args.bad_share,
+        "multipart": spec.multipart,
+        "bad_share": spec.bad_share,
         "uploads": sorted({u.name for u in uploads}),
-        "duration_s": args.duration,
-        "max_requests": args.max_requests,
+        "duration_s": spec.duration_s,
+        "max_requests": spec.max_requests,
         "steps": [],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    if not args.skip_ceiling:
-        top = max(args.concurrency or [16])
-        report["client_ceiling"] = client_ceiling(uploads, top, min(args.duration, 5.0))
+    if spec.measure_ceiling:
+        top = max(spec.concurrency or [16])
+        report["client_ceiling"] = client_ceiling(uploads, top, min(spec.duration_s, 5.0))
         print(
             f"client ceiling: {report['client_ceiling']['throughput_rps']:.0f} req/s at "
             f"c={top} against a do-nothing local endpoint (same payloads)",
             flush=True,
         )
-    steps = [("closed", c) for c in args.concurrency] + [("open", r) for r in args.rate]
+    steps = [("closed", c) for c in spec.concurrency] + [("open", r) for r in spec.rates]
     for mode, level in steps:
-        if args.warmup > 0:  # let batching and caches settle; not measured
+        if spec.warmup_s > 0:  # let batching and caches settle; not measured
             warm_level = int(level) if mode == "closed" else 4
             loadgen.run(
                 loadgen.closed_loop(
-                    target, uploads, warm_level, duration=args.warmup, max_requests=10**6
+                    target, uploads, warm_level, duration=spec.warmup_s, max_requests=10**6
                 )
             )
-        before = server_counters(client, args.model)
+        before = server_counters(client, spec.model)
         if mode == "closed":
             step = loadgen.closed_loop(
                 target,
                 uploads,
                 int(level),
-                duration=args.duration,
-                max_requests=args.max_requests,
-                timeout=args.timeout,
+                duration=spec.duration_s,
+                max_requests=spec.max_requests,
+                timeout=spec.timeout_s,
             )
         else:
             step = loadgen.open_loop(
                 target,
                 uploads,
                 level,
-                duration=args.duration,
-                max_requests=args.max_requests,
-                timeout=args.timeout,
+                duration=spec.duration_s,
+                max_requests=spec.max_requests,
+                timeout=spec.timeout_s,
             )
         result = loadgen.run(step)
-        row = {**result.summary(), **server_view(before, server_counters(client, args.model))}
+        row = {**result.summary(), **server_view(before, server_counters(client, spec.model))}
         report["steps"].append(row)
         print_step(row)
-    if args.cross_check_ab:
-        concurrency = args.concurrency[0] if args.concurrency else 1
+    if spec.cross_check_ab:
+        concurrency = spec.concurrency[0] if spec.concurrency else 1
         jpeg = next(u for u in good if u.content_type == "image/jpeg")
-        ab = apache_bench(url, client.headers("inference"), jpeg, concurrency, args.cross_check_ab)
+        ab = apache_bench(url, client.headers("inference"), jpeg, concurrency, spec.cross_check_ab)
         ours = loadgen.run(
             loadgen.closed_loop(
-                loadgen.Target(url, client.headers("inference")),
+                loadgen.Target(url, client.headers("inference"), key_file=client.key_file),
                 [jpeg],
                 concurrency,
-                duration=args.duration,
-                max_requests=args.cross_check_ab,
+                duration=spec.duration_s,
+                max_requests=spec.cross_check_ab,
             )
         )
         report["cross_check"] = {
@@ -456,20 +400,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"p50 {ours.summary()['p50_ms']:.0f} ms",
             flush=True,
         )
-    write_outputs(report, args.out)
-    print(f"wrote {args.out / 'loadtest.json'}, loadtest.csv, loadtest.png")
+    write_outputs(report, spec.out)
+    print(f"wrote {spec.out / 'loadtest.json'}, loadtest.csv, loadtest.png")
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (loadgen.LoadError, TorchServeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

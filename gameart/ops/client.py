@@ -1,15 +1,14 @@
-"""What every client of a running TorchServe needs: its addresses, its tokens, its three APIs.
+"""The one client of a running TorchServe: its addresses, its keys, its three APIs.
 
-Shared by the serve/demo/load-test/scale scripts and the tests, so none of them re-learns how to
-find the server or authenticate.
+Every command, benchmark and test talks to TorchServe through `TorchServeClient`, so none of
+them re-learns how to find the server, authenticate, or read a key the server has renewed.
+Answers come back typed (`ModelStatus`, `WorkerStatus`); failures as `TorchServeError`.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,54 +17,89 @@ from typing import Any
 
 import requests
 
-from gameart.paths import REPO_ROOT
+from gameart.ops.properties import read_properties
+from gameart.paths import RUN_DIR
 
-DEFAULT_RUN_DIR = REPO_ROOT / ".run" / "torchserve"
-DEFAULT_CONFIG = REPO_ROOT / "config.properties"
 SERVER_FILE = "server.json"  # what `serve.py start` records about the running instance
 KEY_FILE = "key_file.json"  # written by TorchServe itself when token authorisation is on
-
-
-# Servers we start get ports below Linux's default ephemeral range (32768-60999), where the
-# kernel never puts the client side of an outgoing connection: a port found free here cannot be
-# taken by our own HTTP clients before the server binds it.
-_SERVER_PORTS = range(20_000, 32_000)
-_handed_out: set[int] = set()
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports for servers, none handed out twice in this process."""
-    rng = random.Random()
-    ports: list[int] = []
-    for candidate in rng.sample(_SERVER_PORTS, len(_SERVER_PORTS)):
-        if candidate in _handed_out:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-        _handed_out.add(candidate)
-        ports.append(candidate)
-        if len(ports) == count:
-            return ports
-    raise OSError(f"no {count} free loopback ports in {_SERVER_PORTS}")
 
 
 class TorchServeError(RuntimeError):
     """TorchServe is unreachable, refused a call, or did not become ready."""
 
 
-def read_properties(path: Path) -> dict[str, str]:
-    """Java-style key=value lines (no continuation lines; our config has none)."""
-    props: dict[str, str] = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", "!")) or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        props[key.strip()] = value.strip()
-    return props
+class ModelApiDisabled(TorchServeError):
+    """The management API refused to (un)register a model: enable_model_api=false."""
+
+
+MODEL_API_OFF = (
+    "the management API refused (405): model registration is disabled in config.properties "
+    "(enable_model_api=false, the shipped and recommended setting). Put the .mar in model_store/ "
+    "and restart (make serve), or turn enable_model_api on and keep allowed_urls local."
+)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    id: str
+    pid: int | None
+    status: str  # READY, UNLOADING, ...
+    gpu: bool
+    memory_bytes: int  # as the frontend reports it (the process's RSS on Linux)
+
+    @classmethod
+    def from_api(cls, worker: dict[str, Any]) -> WorkerStatus:
+        return cls(
+            id=str(worker.get("id")),
+            pid=worker.get("pid"),
+            status=str(worker.get("status")),
+            gpu=bool(worker.get("gpu")),
+            memory_bytes=int(worker.get("memoryUsage") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model as `GET /models/{name}` describes it: version, batching, workers, queue."""
+
+    name: str
+    version: str
+    batch_size: int
+    max_batch_delay_ms: int
+    min_workers: int
+    max_workers: int
+    pending: int | None  # requests waiting in the model's queue
+    free_slots: int | None  # room left in the queue before requests get 503
+    workers: tuple[WorkerStatus, ...]
+
+    @classmethod
+    def from_api(cls, description: dict[str, Any]) -> ModelStatus:
+        queue = description.get("jobQueueStatus", {})
+        return cls(
+            name=description["modelName"],
+            version=str(description.get("modelVersion")),
+            batch_size=int(description.get("batchSize", 1)),
+            max_batch_delay_ms=int(description.get("maxBatchDelay", 0)),
+            min_workers=int(description.get("minWorkers", 1)),
+            max_workers=int(description.get("maxWorkers", 1)),
+            pending=queue.get("pendingRequests"),
+            free_slots=queue.get("remainingCapacity"),
+            workers=tuple(WorkerStatus.from_api(w) for w in description.get("workers", [])),
+        )
+
+    @property
+    def ready_workers(self) -> int:
+        return sum(1 for w in self.workers if w.status == "READY")
+
+    def summary(self) -> str:
+        """One line for `serve.py status` and `scale.py show`."""
+        pending = "?" if self.pending is None else self.pending
+        free = "?" if self.free_slots is None else self.free_slots
+        return (
+            f"{self.name} v{self.version}: workers {self.min_workers}..{self.max_workers}, "
+            f"batch {self.batch_size} / {self.max_batch_delay_ms} ms, "
+            f"queue {pending} pending, {free} free"
+        )
 
 
 @dataclass(frozen=True)
@@ -104,9 +138,7 @@ class TorchServeClient:
         self._tokens = read_tokens(self.run_dir) if self.run_dir else {}
 
     @classmethod
-    def from_run_dir(
-        cls, run_dir: Path = DEFAULT_RUN_DIR, timeout: float = 30.0
-    ) -> TorchServeClient:
+    def from_run_dir(cls, run_dir: Path = RUN_DIR, timeout: float = 30.0) -> TorchServeClient:
         run_dir = Path(run_dir)
         config = run_dir / "config.properties"
         if not config.is_file():
@@ -116,6 +148,11 @@ class TorchServeClient:
         return cls(Endpoints.from_properties(read_properties(config)), run_dir, timeout)
 
     # ---- plumbing --------------------------------------------------------------------------
+    @property
+    def key_file(self) -> Path | None:
+        """TorchServe's key file for this server (None when the client has no run dir)."""
+        return self.run_dir / KEY_FILE if self.run_dir else None
+
     def set_token(self, api: str, token: str) -> None:
         """Use this token for `api` (inference, management, API) instead of the key file's."""
         self._tokens[api] = token
@@ -172,6 +209,23 @@ class TorchServeClient:
         _raise_for(response, f"describe {model}")
         return response.json()[0]
 
+    def status(self, model: str) -> ModelStatus:
+        return ModelStatus.from_api(self.describe(model))
+
+    def statuses(self) -> list[ModelStatus]:
+        return [self.status(name) for name in self.models()]
+
+    def renew_key(self, kind: str) -> None:
+        """Ask TorchServe for a new inference or management key (it rewrites the key file;
+        the old key stops working); uses the API key, as TorchServe requires."""
+        self._tokens = read_tokens(self.run_dir) if self.run_dir else self._tokens
+        response = self.request(
+            "management", "POST", "/token", params={"type": kind}, headers=self.headers("API")
+        )
+        _raise_for(response, f"renew the {kind} key")
+        if self.run_dir:
+            self._tokens = read_tokens(self.run_dir)
+
     def scale(
         self,
         model: str,
@@ -184,6 +238,26 @@ class TorchServeClient:
         if max_worker is not None:
             params["max_worker"] = max_worker
         return self.request("management", "PUT", f"/models/{model}", params=params, timeout=timeout)
+
+    def register(self, url: str, initial_workers: int = 1) -> str:
+        """Register a .mar (a model-store name or an allowed URL); needs enable_model_api."""
+        params = {"url": url, "initial_workers": initial_workers, "synchronous": "true"}
+        return self._model_api_call("POST", "/models", params)
+
+    def unregister(self, model: str, version: str | None = None) -> str:
+        return self._model_api_call(
+            "DELETE", f"/models/{model}" + (f"/{version}" if version else "")
+        )
+
+    def set_default(self, model: str, version: str) -> str:
+        return self._model_api_call("PUT", f"/models/{model}/{version}/set-default")
+
+    def _model_api_call(self, method: str, path: str, params: dict | None = None) -> str:
+        response = self.request("management", method, path, params=params, timeout=300)
+        if response.status_code == 405:
+            raise ModelApiDisabled(MODEL_API_OFF)
+        _raise_for(response, f"{method} {path}")
+        return response.text.strip()
 
     # ---- metrics API -----------------------------------------------------------------------
     def metrics_text(self) -> str:
@@ -230,13 +304,14 @@ class TorchServeClient:
 
 
 def prometheus_value(text: str, metric: str, **labels: str) -> float:
-    """Sum of a Prometheus metric's samples whose labels include the given ones."""
+    """Sum of a Prometheus metric's samples whose labels include the given ones (a sample
+    without labels matches when none are asked for)."""
     total = 0.0
     for line in text.splitlines():
-        match = re.match(rf"^{re.escape(metric)}\{{(.*)\}}\s+(\S+)$", line)
+        match = re.match(rf"^{re.escape(metric)}(?:\{{(.*)\}})?\s+(\S+)(?:\s+\d+)?$", line)
         if not match:
             continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
         if all(found.get(k) == v for k, v in labels.items()):
             total += float(match.group(2))
     return total

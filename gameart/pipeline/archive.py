@@ -1,57 +1,114 @@
-#!/usr/bin/env python3
 """Package an export into a TorchServe .mar with our handler, using torch-model-archiver.
-
-  python scripts/build_mar.py --export-dir artifacts/cover_genre --backend onnx
 
 The archive holds: the chosen model file, model_meta.json, the handler package (and the shared
 modelspec package it imports), and a model-config YAML with TorchServe's batching and worker
-settings plus our handler's own `handler:` section.
+settings plus our handler's own `handler:` section. `ArchiveSpec` is every choice in one typed
+value, built once by the CLI, the demo, the benchmarks or a test and handed to `build_archive`.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gameart.paths import REPO_ROOT
+from gameart.paths import MODEL_STORE, REPO_ROOT
 from handler.config import HandlerConfig
 from modelspec.aoti import read_info
-from modelspec.meta import BACKENDS, META_FILENAME, PRECISIONS, MetaError, ModelMeta
+from modelspec.meta import BACKENDS, META_FILENAME, PRECISIONS, ModelMeta
 
 HANDLER_ENTRY = REPO_ROOT / "handler" / "game_image_handler.py"
 PACKAGES = ("handler", "modelspec")  # copied into the archive; the handler imports both
+DEVICES = ("cpu", "gpu")
+ARCHIVE_FORMATS = ("default", "zip-store")
 
 
 class BuildError(RuntimeError):
-    pass
+    """The archive cannot be built; the message says why and what to do."""
 
 
-def model_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The model-config YAML: TorchServe's frontend keys plus our `handler:` section."""
-    handler_settings = {"backend": args.backend, "precision": args.precision, "top_k": args.top_k}
-    for pair in args.handler_set:
-        key, _, value = pair.partition("=")
-        handler_settings[key] = yaml.safe_load(value)
-    HandlerConfig.from_yaml(handler_settings)  # fail here, not inside a worker
-    return {
-        "minWorkers": args.min_workers,
-        "maxWorkers": max(args.max_workers, args.min_workers),
-        "batchSize": args.batch_size,
-        "maxBatchDelay": args.max_batch_delay,
-        "responseTimeout": args.response_timeout,
-        "startupTimeout": args.startup_timeout,
-        **({"jobQueueSize": args.job_queue_size} if args.job_queue_size else {}),
-        "deviceType": args.device,
-        "handler": handler_settings,
-    }
+@dataclass(frozen=True)
+class ArchiveSpec:
+    """How one model is archived and served: the one place each default is written.
+
+    Batching is on by default (8 images or 5 ms, whichever comes first): on 2 cores it is
+    where throughput and p99 both improved (docs/experiments/serving-config-cpu)."""
+
+    export_dir: Path
+    name: str | None = None  # model name in URLs; default: the export's name
+    model_store: Path = MODEL_STORE
+    version: str = "1.0"
+    backend: str = "torchscript"
+    precision: str = "fp32"
+    device: str = "cpu"  # TorchServe's deviceType: gpu workers get a GPU id from TorchServe
+    batch_size: int = 8
+    max_batch_delay_ms: int = 5
+    min_workers: int = 1
+    max_workers: int = 1
+    response_timeout_s: int = 60
+    startup_timeout_s: int = 120
+    job_queue_size: int | None = None  # None: config.properties' job_queue_size
+    top_k: int = 3
+    handler_settings: Mapping[str, Any] = field(default_factory=dict)  # HandlerConfig keys
+    archive_format: str = "default"  # zip-store skips compression (weights barely compress)
+
+    def __post_init__(self) -> None:
+        for value, allowed, what in (
+            (self.backend, BACKENDS, "backend"),
+            (self.precision, PRECISIONS, "precision"),
+            (self.device, DEVICES, "device"),
+            (self.archive_format, ARCHIVE_FORMATS, "archive format"),
+        ):
+            if value not in allowed:
+                raise BuildError(f"{what} {value!r} is not one of {', '.join(allowed)}")
+        if min(self.batch_size, self.min_workers, self.max_workers) < 1:
+            raise BuildError("batch size and worker counts must be at least 1")
+        if self.max_batch_delay_ms < 0:
+            raise BuildError("the batch delay cannot be negative")
+
+    def replace(self, **changes: Any) -> ArchiveSpec:
+        return dataclasses.replace(self, **changes)
+
+    def with_workers(self, workers: int) -> ArchiveSpec:
+        return self.replace(min_workers=workers, max_workers=workers)
+
+    def with_handler(self, **settings: Any) -> ArchiveSpec:
+        return self.replace(handler_settings={**self.handler_settings, **settings})
+
+    def frontend_config(self) -> dict[str, Any]:
+        """TorchServe's own model-config keys (batching, workers, timeouts, device)."""
+        return {
+            "minWorkers": self.min_workers,
+            "maxWorkers": max(self.max_workers, self.min_workers),
+            "batchSize": self.batch_size,
+            "maxBatchDelay": self.max_batch_delay_ms,
+            "responseTimeout": self.response_timeout_s,
+            "startupTimeout": self.startup_timeout_s,
+            **({"jobQueueSize": self.job_queue_size} if self.job_queue_size else {}),
+            "deviceType": self.device,
+        }
+
+    def model_config(self) -> dict[str, Any]:
+        """The model-config YAML: the frontend's keys plus our `handler:` section, checked here
+        so a bad setting fails at archive time, not inside a worker."""
+        settings = {
+            "backend": self.backend,
+            "precision": self.precision,
+            "top_k": self.top_k,
+            **self.handler_settings,
+        }
+        HandlerConfig.from_yaml(settings)
+        return {**self.frontend_config(), "handler": settings}
 
 
 def check_aoti_device(model_file: Path, device: str) -> None:
@@ -64,17 +121,6 @@ def check_aoti_device(model_file: Path, device: str) -> None:
         )
 
 
-def stage_code(staging: Path) -> Path:
-    code = staging / "code"
-    for package in PACKAGES:
-        shutil.copytree(
-            REPO_ROOT / package,
-            code / package,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-        )
-    return code
-
-
 def archiver_command() -> str:
     candidate = Path(sys.executable).parent / "torch-model-archiver"
     found = str(candidate) if candidate.exists() else shutil.which("torch-model-archiver")
@@ -83,123 +129,106 @@ def archiver_command() -> str:
     return found
 
 
-def build(args: argparse.Namespace) -> Path:
-    export_dir: Path = args.export_dir
-    meta = ModelMeta.load(export_dir)  # absent when the export's parity check failed
-    model_file = export_dir / meta.model_file(args.backend, args.precision)
-    if not model_file.is_file():
-        raise BuildError(f"{model_file} is listed in {META_FILENAME} but missing")
-    if args.backend == "aoti":
-        check_aoti_device(model_file, args.device)
-    name = args.name or meta.name
-    args.model_store.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="build_mar_") as tmp:
+def package(
+    *,
+    name: str,
+    handler: str | Path,
+    config: Mapping[str, Any],
+    model_store: Path,
+    serialized_file: Path | None = None,
+    model_file: Path | None = None,
+    extra_files: Sequence[Path] = (),
+    version: str = "1.0",
+    archive_format: str = "default",
+) -> Path:
+    """Run torch-model-archiver once: every .mar of the project (ours, the stock handler's and
+    the no-op one the benchmarks compare against) is made here."""
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="archive_") as tmp:
         staging = Path(tmp)
         config_path = staging / "model-config.yaml"
-        config_path.write_text(yaml.safe_dump(model_config(args), sort_keys=False))
-        code = stage_code(staging)
-        command = [
-            archiver_command(),
-            "--model-name",
-            name,
-            "--version",
-            args.version,
-            "--serialized-file",
-            str(model_file),
-            "--handler",
-            str(HANDLER_ENTRY),
-            "--extra-files",
-            f"{code},{export_dir / META_FILENAME}",
-            "--config-file",
-            str(config_path),
-            "--export-path",
-            str(args.model_store),
-            "--archive-format",
-            args.archive_format,
-            "--force",
-        ]
+        config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+        command = [archiver_command(), "--model-name", name, "--version", version]
+        command += ["--handler", str(handler), "--config-file", str(config_path)]
+        if serialized_file is not None:
+            command += ["--serialized-file", str(serialized_file)]
+        if model_file is not None:
+            command += ["--model-file", str(model_file)]
+        if extra_files:
+            command += ["--extra-files", ",".join(str(p) for p in extra_files)]
+        command += ["--export-path", str(model_store), "--archive-format", archive_format]
         # The archiver stages files in $TMPDIR/<model name> and deletes that folder first:
         # point it at our private temp dir so it can never remove a user's folder in /tmp.
-        env = {**os.environ, "TMPDIR": str(staging / "archiver-tmp")}
         (staging / "archiver-tmp").mkdir()
-        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        env = {**os.environ, "TMPDIR": str(staging / "archiver-tmp")}
+        result = subprocess.run([*command, "--force"], capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise BuildError(f"torch-model-archiver failed:\n{result.stderr or result.stdout}")
-        config_text = config_path.read_text()
-    mar = args.model_store / f"{name}.mar"
-    print(
+    return model_store / f"{name}.mar"
+
+
+def _stage_code(staging: Path) -> Path:
+    code = staging / "code"
+    for name in PACKAGES:
+        shutil.copytree(
+            REPO_ROOT / name, code / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    return code
+
+
+def build_archive(spec: ArchiveSpec) -> Path:
+    """The .mar for `spec`; raises BuildError (or MetaError for a failed/missing export)."""
+    meta = ModelMeta.load(spec.export_dir)  # absent when the export's parity check failed
+    model_file = spec.export_dir / meta.model_file(spec.backend, spec.precision)
+    if not model_file.is_file():
+        raise BuildError(f"{model_file} is listed in {META_FILENAME} but missing")
+    if spec.backend == "aoti":
+        check_aoti_device(model_file, spec.device)
+    config = spec.model_config()
+    with tempfile.TemporaryDirectory(prefix="archive_code_") as tmp:
+        return package(
+            name=spec.name or meta.name,
+            handler=HANDLER_ENTRY,
+            config=config,
+            model_store=spec.model_store,
+            serialized_file=model_file,
+            extra_files=(_stage_code(Path(tmp)), spec.export_dir / META_FILENAME),
+            version=spec.version,
+            archive_format=spec.archive_format,
+        )
+
+
+def fingerprint(spec: ArchiveSpec) -> str:
+    """sha256 of everything an archive of `spec` is made from: its settings, the export's
+    metadata and model file, and the handler and modelspec code. Equal fingerprints mean an
+    existing .mar is current; editing handler/ changes it."""
+    meta = ModelMeta.load(spec.export_dir)
+    digest = hashlib.sha256(yaml.safe_dump(spec.model_config(), sort_keys=True).encode())
+    digest.update(spec.name.encode() if spec.name else b"")
+    inputs = [
+        spec.export_dir / META_FILENAME,
+        spec.export_dir / meta.model_file(spec.backend, spec.precision),
+    ]
+    for name in PACKAGES:
+        inputs += sorted(
+            p for p in (REPO_ROOT / name).rglob("*.py") if "__pycache__" not in p.parts
+        )
+    for path in inputs:
+        digest.update(
+            str(
+                path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path.name
+            ).encode()
+        )
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def describe(mar: Path, spec: ArchiveSpec) -> str:
+    """What `build_archive` made, for the command line."""
+    meta = ModelMeta.load(spec.export_dir)
+    config = yaml.safe_dump(spec.model_config(), sort_keys=False).strip()
+    return (
         f"wrote {mar} ({mar.stat().st_size / 2**20:.1f} MiB): {meta.architecture}, "
-        f"{meta.num_classes} classes, {args.backend}/{args.precision}"
+        f"{meta.num_classes} classes, {spec.backend}/{spec.precision}\n"
+        "model-config.yaml:\n  " + config.replace("\n", "\n  ")
     )
-    print("model-config.yaml:\n  " + config_text.strip().replace("\n", "\n  "))
-    return mar
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--export-dir",
-        type=Path,
-        required=True,
-        help="output of `python -m export` (has model_meta.json)",
-    )
-    parser.add_argument("--name", help="model name in URLs (default: the export's name)")
-    parser.add_argument("--version", default="1.0")
-    parser.add_argument("--backend", choices=BACKENDS, default="torchscript")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="fp16 (GPU workers) needs an export made with --fp16 (aoti: --aot on cuda); int8 "
-        "(CPU, onnx backend) one made with --int8",
-    )
-    parser.add_argument("--model-store", type=Path, default=REPO_ROOT / "model_store")
-    parser.add_argument(
-        "--device",
-        choices=["cpu", "gpu"],
-        default="cpu",
-        help="deviceType: gpu workers get a GPU id from TorchServe",
-    )
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
-    parser.add_argument("--min-workers", type=int, default=1)
-    parser.add_argument("--max-workers", type=int, default=1)
-    parser.add_argument("--response-timeout", type=int, default=60, help="seconds")
-    parser.add_argument("--startup-timeout", type=int, default=120, help="seconds")
-    parser.add_argument(
-        "--job-queue-size",
-        type=int,
-        help="this model's queue (default: job_queue_size in config.properties); when full, "
-        "requests get an immediate 503",
-    )
-    parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument(
-        "--handler-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="another handler setting, e.g. max_image_pixels=20000000",
-    )
-    parser.add_argument(
-        "--archive-format",
-        choices=["default", "zip-store"],
-        default="default",
-        help="zip-store skips compression (weights barely compress)",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        build(args)
-    except (BuildError, MetaError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

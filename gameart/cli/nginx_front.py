@@ -1,0 +1,73 @@
+"""Run nginx in front of TorchServe: per-client rate limits, a body cap, inference only.
+
+  python scripts/nginx_front.py start --listen 127.0.0.1:8443 --rate 10 --burst 20
+  python scripts/nginx_front.py stop
+
+--upstream defaults to the running server's inference address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gameart.cli.common import run_dir_parent
+from gameart.ops.client import TorchServeClient, TorchServeError
+from gameart.ops.nginx import DEFAULT_PREFIX, FrontError, FrontSpec, start_front, stop_front
+
+DEFAULTS = FrontSpec(upstream="")
+
+
+def start(args: argparse.Namespace) -> int:
+    upstream = args.upstream
+    if not upstream:
+        upstream = TorchServeClient.from_run_dir(args.run_dir).endpoints.inference.split("//")[1]
+    spec = FrontSpec(upstream, args.listen, args.rate, args.burst, args.prefix)
+    pid = start_front(spec)
+    print(
+        f"nginx pid {pid}: http://{spec.listen} -> {upstream} "
+        f"(rate {spec.rate_per_s:g}/s, burst {spec.burst})"
+    )
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    print("nginx stopped" if stop_front(args.prefix) else "nginx is not running")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--prefix",
+        type=Path,
+        default=DEFAULT_PREFIX,
+        help="nginx's working dir: config, pid, logs (default %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    start_cmd = commands.add_parser("start", parents=[run_dir_parent()])
+    start_cmd.add_argument("--listen", default=DEFAULTS.listen, help="address:port to serve")
+    start_cmd.add_argument(
+        "--upstream", help="TorchServe inference host:port (default: the running server's)"
+    )
+    start_cmd.add_argument(
+        "--rate", type=float, default=DEFAULTS.rate_per_s, help="requests/s per client"
+    )
+    start_cmd.add_argument(
+        "--burst", type=int, default=DEFAULTS.burst, help="extra requests allowed at once"
+    )
+    start_cmd.set_defaults(func=start)
+    commands.add_parser("stop").set_defaults(func=stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FrontError, TorchServeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
