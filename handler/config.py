@@ -91,7 +91,12 @@ class HandlerConfig:
         return self.gpu_decode == "on" or (self.gpu_decode == "auto" and device.type == "cuda")
 
     def resolved_threads(self, workers_on_host: int) -> int:
-        """Threads per worker: explicit, or the cores split between the host's workers."""
+        """Threads per worker: explicit, or the cores split between the host's workers.
+
+        A worker sizes its pools once, at load: the caller counts the larger of the archive's
+        maxWorkers and the workers already running on this host, so workers added by scaling
+        past maxWorkers take fewer threads (the ones running keep theirs: archive with the
+        --max-workers you will scale to, see docs/configuration.md)."""
         if self.intra_op_threads > 0:
             return self.intra_op_threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -96,7 +96,8 @@ class ImageClassifierService:
         # metrics carry the name clients use, which may differ from the export's name
         self.served_name = getattr(context, "model_name", None) or self.meta.name
         model_file = model_dir / context.manifest["model"]["serializedFile"]
-        threads = self.config.resolved_threads(int(yaml_config.get("maxWorkers", 1)))
+        workers = max(int(yaml_config.get("maxWorkers", 1)), live_workers_on_host())
+        threads = self.config.resolved_threads(workers)
         device = select_device(props.get("gpu_id"))
         self.load(model_file, device, threads)
         self.connect_cache(model_file, context)
@@ -376,3 +377,22 @@ def _server_error(exc: BaseException, where: str, model: bool = False) -> Server
     if model:
         return ServerError("inference failed on the server; see the model log")
     return ServerError("the server failed on this request; see the model log", kind="InternalError")
+
+
+def live_workers_on_host(frontend_pid: int | None = None) -> int:
+    """TorchServe workers (of every model) running under the frontend (by default this
+    worker's parent), this one included; 1 when that cannot be told."""
+    try:
+        import psutil  # a TorchServe dependency
+
+        frontend = psutil.Process(frontend_pid or os.getppid())
+        return max(
+            1,
+            sum(
+                1
+                for child in frontend.children()
+                if any("model_service_worker" in part for part in child.cmdline())
+            ),
+        )
+    except Exception:
+        return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -193,3 +194,28 @@ def test_gpu_worker_matches_cpu(exported_small, backend, precision):
     assert service.backend.device.type == "cuda"
     answers = [json.loads(a) for a in service.handle(requests_for(ALL), context)]
     assert_answers_match(answers, reference, exported_small.meta.class_names, TOLERANCE[precision])
+
+
+def test_threads_are_sized_for_the_workers_already_running(tmp_path):
+    """Scaling past the archive's maxWorkers must not oversubscribe: a new worker counts its
+    running siblings (children of the frontend whose command is TorchServe's worker)."""
+    import subprocess
+    import sys
+
+    from handler.config import HandlerConfig
+    from handler.service import live_workers_on_host
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    workers = [subprocess.Popen([*sleeper, "ts/model_service_worker.py"]) for _ in range(3)]
+    other = subprocess.Popen([*sleeper, "something_else.py"])  # not a worker: not counted
+    try:
+        assert live_workers_on_host(os.getpid()) == 3
+    finally:
+        for process in [*workers, other]:
+            process.kill()
+            process.wait()
+    cores = len(os.sched_getaffinity(0))
+    config = HandlerConfig()
+    assert config.resolved_threads(1) == cores
+    assert config.resolved_threads(cores * 2) == 1  # never zero
+    assert HandlerConfig(intra_op_threads=3).resolved_threads(8) == 3
