@@ -1,34 +1,24 @@
-#!/usr/bin/env python3
 """What each hostile upload costs: a naive server's path against the handler's, per item.
 
-For every kind in scripts/hostile_inputs.py, in a fresh forked process each time (so one
+For every kind in gameart/measure/hostile_inputs.py, in a fresh forked process each time (so one
 item's memory does not hide another's): CPU seconds and peak resident memory added by
 - naive:   what a plain image server does with the body: json.loads for JSON, else Pillow's
            Image.open(...).convert("RGB") and a torchvision-style resize + crop (capped at
-           --naive-cpu-limit seconds of CPU, the kernel's RLIMIT_CPU);
+           naive_cpu_limit seconds of CPU, the kernel's RLIMIT_CPU);
 - handler: the handler's own per-item path (extract_image, decode_image, resize_crop), which
            must answer or refuse within the goal: 100 ms of CPU and 64 MB of memory.
-
-    .venv/bin/python scripts/hostile_bench.py --out docs/benchmarks/hostile-<machine>-<date>
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import platform
 import resource
 import signal
-import sys
 import time
 from pathlib import Path
-
-from gameart.paths import REPO_ROOT
-
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from gameart.measure.hostile_inputs import Hostile, corpus
 from handler.config import HandlerConfig
@@ -172,18 +162,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for report.json/.md")
-    parser.add_argument("--naive-cpu-limit", type=int, default=30, help="seconds per naive item")
-    args = parser.parse_args(argv)
-    report = run(args.naive_cpu_limit)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "report.md").write_text(markdown(report))
-    print(f"wrote {args.out / 'report.json'} and report.md")
-    return 0 if report["all_within_goal"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def write_report(report: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
