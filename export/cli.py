@@ -16,17 +16,17 @@ from pathlib import Path
 
 import torch
 
-from export.aot import MAX_BATCH, default_device, files_entry, write_aoti
+from export.aot import MAX_BATCH, files_entry, write_aoti
 from export.architectures import ArchitectureError
 from export.checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from export.parity import ParityReport, check_parity, image_paths
 from export.pipeline_check import (
     DEFAULT_MARGIN,
-    DEFAULT_MAX_DELTA,
     PipelineReport,
     check_pipeline,
 )
 from export.quantize import write_int8_onnx
+from export.spec import ExportSpec, spec_defaults
 from export.writers import example_batch, write_onnx, write_torchscript
 from modelspec.aoti import AotiError
 from modelspec.meta import (
@@ -44,8 +44,6 @@ from modelspec.meta import (
 # torch.jit is deprecated upstream but is what TorchServe loads; its warnings are noise here.
 warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
 
-DEFAULT_PARITY_IMAGES = Path(__file__).resolve().parent / "parity_images"
-
 
 class ExportError(RuntimeError):
     """Export stopped; the message says why."""
@@ -59,7 +57,7 @@ class ExportResult:
     pipeline: PipelineReport
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> ExportSpec:
     parser = argparse.ArgumentParser(
         prog="python -m export",
         description="Export a trained image classifier to TorchScript and ONNX, with a parity "
@@ -76,8 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", help="model name (default: the output directory's name)")
     parser.add_argument(
         "--arch",
-        help="torchvision architecture, e.g. resnet50, efficientnet_v2_s "
-        "(needed for weights-only checkpoints)",
+        help="architecture of a weights-only checkpoint: a registered one (resnet50, "
+        "efficientnet_v2_s, efficientnet_lite0), any torchvision classifier, or timm/<name>",
     )
     classes = parser.add_mutually_exclusive_group()
     classes.add_argument("--classes", type=Path, help="file with one class name per line")
@@ -120,14 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--preprocessing",
         choices=("auto", "fast", "exact"),
-        default="auto",
         help="fast: JPEG draft + PyTorch's resize; exact: full decode + PIL's resize; auto: "
         "fast unless it changes answers on the parity images (see --max-delta)",
     )
     parser.add_argument(
         "--max-delta",
         type=float,
-        default=DEFAULT_MAX_DELTA,
         help="auto keeps the fast path while no class probability moves more than this and "
         f"top-1 holds wherever the reference's top-2 margin exceeds {DEFAULT_MARGIN}",
     )
@@ -137,13 +133,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--parity-images",
         type=Path,
-        default=DEFAULT_PARITY_IMAGES,
         help="folder of real images for the parity check",
     )
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=1e-4,
         help="fp32: allowed max|Δlogit| relative to max(1, max|logit|)",
     )
     parser.add_argument(
@@ -160,13 +154,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--int8-min-agreement",
         type=float,
-        default=0.85,
         help="int8: least top-1 agreement with the eager model on the parity images",
     )
     parser.add_argument(
         "--fp16-tolerance",
         type=float,
-        default=1e-2,
         help="fp16: allowed max|Δlogit| relative to max(1, max|logit|)",
     )
     parser.add_argument(
@@ -178,10 +170,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--aot-device",
         choices=("cpu", "cuda"),
-        default=default_device(),
         help="the device the package is compiled for and runs on",
     )
-    return parser.parse_args(argv)
+    parser.set_defaults(**spec_defaults())  # the spec holds every default
+    args = parser.parse_args(argv)
+    for key in ("mean", "std", "background"):  # nargs=3 lists -> the spec's tuples
+        if getattr(args, key) is not None:
+            setattr(args, key, tuple(getattr(args, key)))
+    return ExportSpec(**vars(args))
 
 
 def resolve_class_names(args: argparse.Namespace, loaded: LoadedModel, count: int) -> list[str]:
@@ -272,7 +268,7 @@ class _Steps:
         print(f"      done in {time.perf_counter() - self.started:.1f}s", flush=True)
 
 
-def export_model(args: argparse.Namespace) -> ExportResult:
+def export_model(args: ExportSpec) -> ExportResult:
     out_dir: Path = args.out
     steps = _Steps(5 + args.fp16 + args.int8 + args.aot)
     steps(f"loading {args.checkpoint}")

@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 """The main job, end to end: `make demo`.
 
   1. dataset   Debian game art -> data/gameart (cached)
   2. train     EfficientNet-Lite0 transfer learning -> artifacts/train/gameart (cached)
   3. export    TorchScript + ONNX, parity-checked -> artifacts/export/gameart (cached)
-  4. archive   .mar with our handler -> model_store/gameart.mar
+  4. archive   .mar with our handler -> model_store/gameart.mar (rebuilt when any input changed)
   5. serve     TorchServe with config.properties, waits for READY workers
   6. ask       held-out test images, one per game, through HTTP; prints the top-3
 
@@ -13,28 +12,24 @@ The server keeps running afterwards; the last lines say how to query and stop it
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
-from gameart.ops import server as serve
-from gameart.ops.client import DEFAULT_RUN_DIR, REPO_ROOT, TorchServeClient
-from gameart.pipeline import archive as build_mar
-from gameart.pipeline import dataset as build_dataset
-from gameart.pipeline import training as train
+from gameart.ops.client import TorchServeClient
+from gameart.ops.server import RunningServer, ServerSpec, recorded_pid, start_server, stop_server
+from gameart.paths import ARTIFACTS, DATASET, DEB_CACHE, EXPORT_OUT, REPO_ROOT, RUN_DIR, TRAIN_OUT
+from gameart.pipeline.archive import ArchiveSpec, build_archive, describe, fingerprint
 
-DATA = REPO_ROOT / "data" / "gameart"
-TRAIN_DIR = REPO_ROOT / "artifacts" / "train" / "gameart"
-EXPORT_DIR = REPO_ROOT / "artifacts" / "export" / "gameart"
-MODEL_STORE = REPO_ROOT / "model_store"
 MODEL_NAME = "gameart"
-STAMP = ".dataset-sha256"  # in TRAIN_DIR: which dataset the checkpoint was trained on
+# ONNX Runtime on CPU workers, the archive defaults for batching and workers
+ARCHIVE = ArchiveSpec(export_dir=EXPORT_OUT, name=MODEL_NAME, backend="onnx")
+STAMP = ".dataset-sha256"  # in TRAIN_OUT: which dataset the checkpoint was trained on
+ARCHIVE_STAMP = ARTIFACTS / f"{MODEL_NAME}.mar.sha256"  # what the served .mar was built from
 
 
 def sha256(path: Path) -> str:
@@ -46,79 +41,70 @@ def banner(step: int, text: str) -> None:
 
 
 def ensure_dataset() -> None:
+    from gameart.pipeline.dataset import GAMES, Filters, build
+
     banner(1, "dataset: game art from Debian packages")
-    if build_dataset.main(["--out", str(DATA)]) != 0:
-        raise SystemExit("dataset build failed")
+    build(DATASET, DEB_CACHE, dict(sorted(GAMES.items())), Filters())
 
 
-def ensure_model(budget: float) -> None:
+def ensure_model(budget_s: float) -> None:
+    from gameart.pipeline.training import Config, train
+
     banner(2, "train: EfficientNet-Lite0, frozen ImageNet backbone + new head")
-    checkpoint, stamp = TRAIN_DIR / "checkpoint.pth", TRAIN_DIR / STAMP
-    dataset_hash = sha256(DATA / "report.json")
+    checkpoint, stamp = TRAIN_OUT / "checkpoint.pth", TRAIN_OUT / STAMP
+    dataset_hash = sha256(DATASET / "report.json")
     if checkpoint.is_file() and stamp.is_file() and stamp.read_text() == dataset_hash:
         print(f"checkpoint up to date: {checkpoint} (delete it to retrain)")
         return
-    train.main(["--data", str(DATA), "--out", str(TRAIN_DIR), "--time-budget", str(budget)])
+    train(Config(data=DATASET, out=TRAIN_OUT, time_budget=budget_s))
     stamp.write_text(dataset_hash)
 
 
 def ensure_export() -> None:
-    from export.cli import main as export_main
+    from export.cli import export_model
+    from export.spec import ExportSpec
     from modelspec.meta import MetaError, ModelMeta
 
     banner(3, "export: TorchScript + ONNX with the parity check")
-    checkpoint = TRAIN_DIR / "checkpoint.pth"
+    checkpoint = TRAIN_OUT / "checkpoint.pth"
     try:
-        meta = ModelMeta.load(EXPORT_DIR)
-        if meta.source.get("sha256") == sha256(checkpoint):
-            print(f"export up to date: {EXPORT_DIR}")
+        if ModelMeta.load(EXPORT_OUT).source.get("sha256") == sha256(checkpoint):
+            print(f"export up to date: {EXPORT_OUT}")
             return
     except MetaError:
         pass
-    args = ["--checkpoint", str(checkpoint), "--out", str(EXPORT_DIR), "--name", MODEL_NAME]
-    if export_main(args) != 0:
-        raise SystemExit("export failed")
+    result = export_model(ExportSpec(checkpoint=checkpoint, out=EXPORT_OUT, name=MODEL_NAME))
+    print(f"exported {result.meta.name}: {', '.join(result.meta.files.values())}")
 
 
 def ensure_archive() -> Path:
     banner(4, "archive: .mar with the project's handler")
-    mar = MODEL_STORE / f"{MODEL_NAME}.mar"
-    meta = EXPORT_DIR / "model_meta.json"
-    if mar.is_file() and mar.stat().st_mtime > meta.stat().st_mtime:
+    mar = ARCHIVE.model_store / f"{MODEL_NAME}.mar"
+    current = fingerprint(ARCHIVE)
+    if mar.is_file() and ARCHIVE_STAMP.is_file() and ARCHIVE_STAMP.read_text() == current:
         print(f"archive up to date: {mar}")
         return mar
-    args = [
-        "--export-dir",
-        str(EXPORT_DIR),
-        "--name",
-        MODEL_NAME,
-        "--backend",
-        "onnx",
-        "--batch-size",
-        "8",
-        "--max-batch-delay",
-        "5",
-        "--model-store",
-        str(MODEL_STORE),
-    ]
-    if build_mar.main(args) != 0:
-        raise SystemExit("archive failed")
+    mar = build_archive(ARCHIVE)
+    print(describe(mar, ARCHIVE))
+    ARCHIVE_STAMP.parent.mkdir(parents=True, exist_ok=True)
+    ARCHIVE_STAMP.write_text(current)
     return mar
 
 
-def start_server() -> TorchServeClient:
+def start() -> RunningServer:
     banner(5, "serve: TorchServe with config.properties")
-    if serve.recorded_pid(DEFAULT_RUN_DIR) is not None:
+    if recorded_pid(RUN_DIR) is not None:
         print("stopping the server already running, to serve the fresh archive")
-        serve.stop_server(DEFAULT_RUN_DIR)
-    if serve.main(["start"]) != 0:
-        raise SystemExit("TorchServe did not start; see .run/torchserve/logs")
-    return TorchServeClient.from_run_dir(DEFAULT_RUN_DIR)
+        stop_server(RUN_DIR)
+    server = start_server(ServerSpec())
+    for name, ready in server.ready.items():
+        print(f"  {name}: {ready} worker(s) READY at {server.client.endpoints.inference}")
+    return server
 
 
 def held_out_examples(per_game: int = 1) -> list[tuple[str, Path]]:
     examples = []
-    for game_dir in sorted((DATA / "test").iterdir()):
+    for game_dir in sorted((DATASET / "test").iterdir()):
         for path in sorted(game_dir.iterdir())[:per_game]:
             examples.append((game_dir.name, path))
     return examples
@@ -146,11 +132,11 @@ def ask(client: TorchServeClient) -> float:
 
 
 def served_accuracy(client: TorchServeClient, concurrency: int = 4) -> float:
-    """Every held-out image through HTTP: the served model should score what train.py measured."""
+    """Every held-out image through HTTP: the served model should score what training measured."""
     examples = [
-        (game, path)
-        for game_dir in sorted((DATA / "test").iterdir())
-        for game, path in ((game_dir.name, p) for p in sorted(game_dir.iterdir()))
+        (game_dir.name, path)
+        for game_dir in sorted((DATASET / "test").iterdir())
+        for path in sorted(game_dir.iterdir())
     ]
 
     def label_of(example: tuple[str, Path]) -> bool:
@@ -168,11 +154,11 @@ def served_accuracy(client: TorchServeClient, concurrency: int = 4) -> float:
             )
         )
     accuracy = sum(hits) / len(hits)
-    offline = json.loads((TRAIN_DIR / "eval.json").read_text())["accuracy"]
+    evaluation = json.loads((TRAIN_OUT / "eval.json").read_text())
     print(
         f"served accuracy {accuracy:.1%} on {len(hits)} held-out images "
-        f"(train.py measured {offline:.1%} offline; majority baseline "
-        f"{json.loads((TRAIN_DIR / 'eval.json').read_text())['majority_baseline']:.1%})"
+        f"(training measured {evaluation['accuracy']:.1%} offline; majority baseline "
+        f"{evaluation['majority_baseline']:.1%})"
     )
     return accuracy
 
@@ -186,29 +172,16 @@ TorchServe is still running. Try it:
 Status:  make status      Stop:  make stop""")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--train-budget",
-        type=float,
-        default=1200.0,
-        help="seconds allowed for training (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
+def run_demo(train_budget_s: float = 1200.0) -> float:
+    """Every step in order; the served accuracy on the held-out images."""
     started = time.monotonic()
     ensure_dataset()
-    ensure_model(args.train_budget)
+    ensure_model(train_budget_s)
     ensure_export()
     ensure_archive()
-    client = start_server()
+    client = start().client
     ask(client)
-    served_accuracy(client)
+    accuracy = served_accuracy(client)
     print_next_steps(client)
     print(f"(demo took {time.monotonic() - started:.0f}s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return accuracy

@@ -12,3 +12,9 @@ RUN_DIR = REPO_ROOT / ".run" / "torchserve"  # the default server instance's con
 ARTIFACTS = REPO_ROOT / "artifacts"
 DATA = REPO_ROOT / "data"
 DOCS = REPO_ROOT / "docs"
+
+# The default model's pipeline (make demo): dataset -> training -> export -> archive
+DATASET = DATA / "gameart"
+DEB_CACHE = DATA / "debs"
+TRAIN_OUT = ARTIFACTS / "train" / "gameart"
+EXPORT_OUT = ARTIFACTS / "export" / "gameart"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Build the game-art dataset from Debian packages (the command line: gameart.pipeline.dataset)."""
+"""Build the game-art dataset from Debian packages (gameart/cli/build_dataset.py)."""
 
 import sys
 
-from gameart.pipeline import dataset as command
+from gameart.cli.build_dataset import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The main job, end to end: make demo (the command line: gameart.demo)."""
+"""The main job, end to end: make demo (gameart/cli/demo.py)."""
 
 import sys
 
-from gameart import demo as command
+from gameart.cli.demo import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

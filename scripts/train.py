@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Train the default model (the command line: gameart.pipeline.training)."""
+"""Train the default model, or any ImageFolder classifier (gameart/cli/train.py)."""
 
 import sys
 
-from gameart.pipeline import training as command
+from gameart.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

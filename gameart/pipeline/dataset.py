@@ -1,8 +1,4 @@
-#!/usr/bin/env python3
 """Build a "which game is this image from" dataset from Debian's game data packages.
-
-  python scripts/build_dataset.py                 # -> data/gameart/{train,test}/<game>/*.png|jpg
-  python scripts/build_dataset.py --games pingus neverball --per-class 50
 
 Each game's art comes from its Debian `*-data` package (`apt-get download`, read straight out of
 the package without installing it). Images are filtered (too small, near-blank, duplicates by
@@ -13,14 +9,12 @@ licence. Downloads are cached in data/debs; a second run with the same settings 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,13 +23,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gameart.paths import REPO_ROOT
 from handler.decode import decode_image
 from handler.errors import RequestError
 from modelspec.meta import PROJECT_POLICY
 
-DEFAULT_OUT = REPO_ROOT / "data" / "gameart"
-DEFAULT_DEBS = REPO_ROOT / "data" / "debs"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FILTER_VERSION = 2  # bump when the filtering code changes, so cached datasets are rebuilt
 
@@ -268,42 +259,3 @@ def print_summary(summary: dict, out: Path) -> None:
         f"{'total':18s} {'':22s} {'':14s} {totals['download_bytes'] / 1e6:5.0f} "
         f"{totals['train']:5d} {totals['test']:5d}   -> {out}"
     )
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--debs", type=Path, default=DEFAULT_DEBS, help="download cache")
-    parser.add_argument(
-        "--games",
-        nargs="+",
-        choices=sorted(GAMES),
-        default=sorted(GAMES),
-        metavar="GAME",
-        help=f"subset of: {', '.join(sorted(GAMES))}",
-    )
-    defaults = Filters()
-    parser.add_argument("--per-class", type=int, default=defaults.per_class)
-    parser.add_argument("--min-side", type=int, default=defaults.min_side)
-    parser.add_argument("--test-percent", type=int, default=defaults.test_percent)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    filters = Filters(
-        min_side=args.min_side, per_class=args.per_class, test_percent=args.test_percent
-    )
-    games = {game: GAMES[game] for game in sorted(args.games)}
-    try:
-        build(args.out, args.debs, games, filters)
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

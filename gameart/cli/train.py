@@ -1,0 +1,73 @@
+"""Transfer-learn an image classifier on any ImageFolder dataset (train/<class>, test/<class>).
+
+  python scripts/train.py --data data/gameart --out artifacts/train/gameart
+
+The original projects' recipe: an ImageNet backbone, a new Dropout+Linear head, train-time
+augmentation, class weights, label smoothing, differential learning rates, early stopping, a
+time budget, GPU when present; then an evaluation on test/ (gameart/pipeline/training.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gameart.paths import DATASET, TRAIN_OUT
+from gameart.pipeline.training import Config, train
+from modelspec.architectures import ARCHITECTURES
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """argv -> the training Config (its field defaults are the CLI's)."""
+    defaults = Config(data=Path(), out=Path())
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DATASET,
+        help="ImageFolder root with train/ and test/ (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=TRAIN_OUT,
+        help="where the checkpoint and reports go (default: %(default)s)",
+    )
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=defaults.arch)
+    parser.add_argument(
+        "--weights", type=Path, help="state_dict of ImageNet weights for a torchvision --arch"
+    )
+    for name in (
+        "epochs",
+        "batch_size",
+        "unfreeze",
+        "views",
+        "val_percent",
+        "patience",
+        "workers",
+        "seed",
+    ):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
+        )
+    for name in (
+        "lr",
+        "backbone_lr_factor",
+        "weight_decay",
+        "dropout",
+        "label_smoothing",
+        "time_budget",
+    ):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name)
+        )
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1 ...")
+    args = parser.parse_args(argv)
+    return Config(**vars(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(parse_args(argv))
+    return 0
