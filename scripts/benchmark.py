@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""CPU-vs-GPU benchmark: model, preprocessing, end to end."""
+"""CPU-vs-GPU benchmark: model, preprocessing, end to end (gameart/cli/benchmark.py)."""
 
 import sys
 
-from gameart.measure import benchmark as command
+from gameart.cli.benchmark import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

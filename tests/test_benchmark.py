@@ -10,7 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gameart.measure import benchmark
+from gameart.measure.benchmark import goals as goal_table
+from gameart.measure.benchmark import timing
+from gameart.measure.benchmark.spec import QUICK
+from gameart.measure.benchmark.subject import Subject
 from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -51,7 +54,7 @@ def test_model_rows_cover_every_cpu_backend_and_batch(quick_run):
     assert {(r["variant"], r["batch"]) for r in rows} == {
         (v, n)
         for v in ("eager fp32", "torchscript fp32", "onnxruntime fp32", "onnxruntime int8")
-        for n in benchmark.QUICK.cpu_batches
+        for n in QUICK.cpu_batches
     }
     for row in rows:
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
@@ -157,7 +160,7 @@ def test_goals_arithmetic():
             "p99_ms": 800.0,
         },
     ]
-    goals = benchmark.goals(model, pre, e2e, "onnx")
+    goals = goal_table.goals(model, pre, e2e, "onnx")
     assert goals["cpu_b1_best_fp32_over_eager"]["value"] == 0.55
     assert goals["cpu_b1_best_any_precision_over_eager"]["value"] == 0.3
     assert goals["preprocess_1080p_jpeg_over_model_b1"]["value"] == 0.2
@@ -166,7 +169,7 @@ def test_goals_arithmetic():
         "p99_ratio": 0.5,
         "goal": ">= 2x throughput, p99 no worse",
     }
-    assert benchmark.pick_backend([*model, dict(model[1], batch=8)], "auto") == "onnx"
+    assert timing.pick_backend([*model, dict(model[1], batch=8)], "auto") == "onnx"
 
 
 def test_gpu_variants_build_and_run_as_far_as_a_cpu_allows(tmp_path):
@@ -174,15 +177,15 @@ def test_gpu_variants_build_and_run_as_far_as_a_cpu_allows(tmp_path):
     from modelspec.meta import ModelMeta
 
     meta = ModelMeta(name="r18", architecture="resnet18", class_names=list("abcde"))
-    subject = benchmark.Subject("r18", "resnet18", tmp_path, meta, None)
-    names = [v.label for v in benchmark.variants(subject, "cuda", 1)]
+    subject = Subject("r18", "resnet18", tmp_path, meta, None)
+    names = [v.label for v in timing.variants(subject, "cuda", 1)]
     assert {
         "eager fp16+channels_last",
         "cuda-graph fp16+channels_last",
         "torch.compile fp16+channels_last",
         "onnxruntime fp32",
     } <= set(names)
-    run = benchmark.eager_runner(subject, "fp16", True)(torch.device("cpu"))
+    run = timing.eager_runner(subject, "fp16", True)(torch.device("cpu"))
     x = torch.randn(2, 3, 224, 224).half().contiguous(memory_format=torch.channels_last)
     assert run(x).shape == (2, 5)
 
@@ -193,14 +196,14 @@ def test_cuda_graph_and_compile_runners_match_eager(tmp_path):
     from modelspec.meta import ModelMeta
 
     meta = ModelMeta(name="r18", architecture="resnet18", class_names=list("abcde"))
-    subject = benchmark.Subject("r18", "resnet18", tmp_path, meta, None)
+    subject = Subject("r18", "resnet18", tmp_path, meta, None)
     device = torch.device("cuda")
     x = (
         torch.randn(4, 3, 224, 224, device=device)
         .half()
         .contiguous(memory_format=torch.channels_last)
     )
-    reference = benchmark.eager_runner(subject, "fp16", True)(device)(x).float()
-    for build in (benchmark.cuda_graph_runner(subject), benchmark.compiled_runner(subject)):
+    reference = timing.eager_runner(subject, "fp16", True)(device)(x).float()
+    for build in (timing.cuda_graph_runner(subject), timing.compiled_runner(subject)):
         out = build(device)(x).float()
         assert torch.allclose(out, reference, atol=5e-2, rtol=5e-2)

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ import aiohttp
 import numpy as np
 
 from gameart.measure.uploads import Upload
+from gameart.ops.client import read_tokens
 
 
 class LoadError(RuntimeError):
@@ -94,6 +96,20 @@ class Target:
     url: str
     headers: dict[str, str]
     multipart: bool = False  # send the image as a multipart "data" field instead of raw
+    # TorchServe's key file: when the server refuses the key (renewed or rotated mid-run), the
+    # key is re-read from here and the request sent once more, as TorchServeClient does
+    key_file: Path | None = None
+
+    def renew_key(self) -> bool:
+        """Take the inference key from the key file; True if it changed."""
+        if self.key_file is None:
+            return False
+        token = read_tokens(self.key_file.parent).get("inference")
+        header = f"Bearer {token}" if token else None
+        if not header or self.headers.get("Authorization") == header:
+            return False
+        self.headers["Authorization"] = header  # the dict is shared by this process's clients
+        return True
 
     def request_kwargs(self, upload: Upload) -> dict[str, Any]:
         if self.multipart:
@@ -113,13 +129,18 @@ async def _send(
 ) -> tuple[str, bool]:
     """Status (or exception name) and whether the server answered at all."""
     try:
-        async with session.post(
-            target.url,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            **target.request_kwargs(upload),
-        ) as response:
-            await response.read()
-            return str(response.status), True
+        for attempt in (1, 2):
+            async with session.post(
+                target.url,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                **target.request_kwargs(upload),
+            ) as response:
+                body = await response.read()
+                refused_key = response.status in (400, 401) and b"Token" in body
+                if attempt == 1 and refused_key and target.renew_key():
+                    continue
+                return str(response.status), True
+        raise AssertionError("unreachable")
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         return type(exc).__name__, False
 
@@ -254,3 +275,38 @@ def closed_loop_processes(
             merged.by_status_ms.setdefault(status, []).extend(values)
         merged.statuses.update(part.statuses)
     return merged
+
+
+# ---- warm up, then measure -------------------------------------------------------------------
+def measure_closed_loop(
+    target: Any,
+    uploads: Sequence[Upload],
+    concurrency: int,
+    *,
+    warmup_s: float,
+    duration_s: float,
+    timeout: float = 60.0,
+    processes: int = 1,
+    loop: Callable[..., Awaitable[StepResult]] = closed_loop,
+) -> StepResult:
+    """One measured closed-loop step: `warmup_s` of the same load first, not counted (batching,
+    caches and lazy initialisation settle), then `duration_s` measured. `processes` > 1
+    spreads the clients over processes (closed_loop_processes); `loop` is the closed loop to
+    run (this module's HTTP one, or grpc_load.closed_loop)."""
+
+    def step(duration: float) -> StepResult:
+        if processes > 1:
+            return closed_loop_processes(
+                target,
+                uploads,
+                concurrency,
+                duration=duration,
+                processes=processes,
+                timeout=timeout,
+                loop=loop,
+            )
+        return run(loop(target, uploads, concurrency, duration=duration, timeout=timeout))
+
+    if warmup_s > 0:
+        step(warmup_s)
+    return step(duration_s)
