@@ -1,5 +1,5 @@
 """TorchServe's gRPC inference API against a real server: the same answers and errors as HTTP,
-the token checked, and the multi-process load loop (scripts/ts_grpc.py)."""
+the token checked, and the multi-process load loop (gameart/measure/grpc_load.py)."""
 
 from __future__ import annotations
 

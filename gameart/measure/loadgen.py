@@ -247,7 +247,7 @@ def closed_loop_processes(
     """A closed loop of `concurrency` clients spread over `processes` processes (spawned, so
     nothing of the caller's state is shared), merged into one result. `loop` is each
     process's closed loop (module-level, so it can be pickled): this module's HTTP one, or
-    scripts.ts_grpc.closed_loop for TorchServe's gRPC API."""
+    gameart.measure.grpc_load.closed_loop for TorchServe's gRPC API."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
