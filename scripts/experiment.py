@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Serving-configuration experiment: workers, batching."""
+"""Serving-configuration experiment: workers, batching, a full queue (gameart/cli/experiment.py)."""
 
 import sys
 
-from gameart.measure import experiment as command
+from gameart.cli.experiment import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

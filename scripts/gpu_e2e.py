@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""GPU end to end: ours vs stock vs a no-op handler (the command line: gameart.measure.gpu_e2e)."""
+"""GPU end to end: ours vs stock vs a no-op handler (gameart/cli/gpu_e2e.py)."""
 
 import sys
 
-from gameart.measure import gpu_e2e as command
+from gameart.cli.gpu_e2e import main
 
 if __name__ == "__main__":
-    sys.exit(command.main())
+    sys.exit(main())

@@ -48,7 +48,7 @@ export)
     ;;
 model)
     export_r50
-    python3 scripts/benchmark.py --out "$work" --skip e2e preprocess --devices cuda \
+    python3 scripts/benchmark.py --out "$work" --skip e2e,preprocess --devices cuda \
         --export-dir "$work/r50_export" --cell-seconds 1 "$@"
     ;;
 e2e)
@@ -57,7 +57,7 @@ e2e)
         --out "$out" "$@"
     ;;
 e2e-legacy)
-    python3 scripts/benchmark.py --out "$work" --skip model preprocess \
+    python3 scripts/benchmark.py --out "$work" --skip model,preprocess \
         --reuse "$work/results.json" --served-backend torchscript --workers 4 \
         --batch-size 32 --max-batch-delay 5 --concurrency 1,8,32,128,256 --e2e-seconds 8
     ;;
@@ -76,7 +76,7 @@ issue13)
         --concurrency 64,256 --seconds 6 --processes 6 "$@" || echo "e2e stopped: $?"
     tail -c 4000000 "$out/work/run/logs/model_log.log" > "$out/model_log.txt" || true
     rm -rf "$out/work"
-    timeout 120 python3 scripts/benchmark.py --out "$work" --skip e2e preprocess \
+    timeout 120 python3 scripts/benchmark.py --out "$work" --skip e2e,preprocess \
         --devices cuda --export-dir "$work/r50_export" --cell-seconds 0.5 \
         --rows aotinductor,torchscript | tail -30 || echo "model rows stopped: $?"
     cp "$work/results.json" "$work/results.md" "$out"/ || true

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gameart.measure import experiment
+from gameart.cli import experiment
 
 pytestmark = pytest.mark.integration
 
@@ -21,8 +21,7 @@ def report(tmp_path_factory, exported_small):
         str(out),
         "--quick",
         "--sections",
-        "batching",
-        "queue",
+        "batching,queue",
         "--batch-sizes",
         "4",
         "--delays",
@@ -63,3 +62,19 @@ def test_report_files(report):
 def test_missing_export_is_a_clear_error(tmp_path, capsys):
     assert experiment.main(["--export-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "no export" in capsys.readouterr().err
+
+
+def test_options_become_one_archive_spec_and_a_plan(tmp_path):
+    from gameart.pipeline.archive import ArchiveSpec
+
+    argv = ["--export-dir", str(tmp_path), "--quick", "--sections", "workers,queue"]
+    args = experiment.build_parser().parse_args([*argv, "--workers", "1,3", "--seconds", "4"])
+    spec = experiment.spec_from_args(args)
+    defaults = ArchiveSpec(export_dir=tmp_path)
+    assert spec.sections == ("workers", "queue") and spec.plan.workers == (1, 3)
+    assert spec.plan.seconds == 4 and spec.plan.batch_sizes == experiment.QUICK.batch_sizes
+    assert (spec.served.backend, spec.served.device) == ("onnx", "cpu")
+    assert spec.served.batch_size == defaults.batch_size
+    assert spec.served.max_batch_delay_ms == defaults.max_batch_delay_ms
+    with pytest.raises(SystemExit):
+        experiment.build_parser().parse_args([*argv, "--sections", "workers,nothing"])

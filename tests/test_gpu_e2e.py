@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from gameart.measure import gpu_e2e, loadgen
+from gameart.cli import gpu_e2e
+from gameart.measure import gpu_probe, loadgen
 from gameart.measure.loadtest import client_ceiling
 from gameart.measure.uploads import cover_uploads
 
@@ -55,7 +56,7 @@ def test_quick_run_reports_each_handler_and_its_stages(tmp_path, exported_small)
 
 def test_gpu_sampler_without_nvidia_smi_is_absent(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with gpu_e2e.GpuSampler() as sampler:
+    with gpu_probe.GpuSampler() as sampler:
         pass
     assert sampler.mean() is None
 
@@ -67,3 +68,20 @@ def test_a_closed_loop_in_processes_keeps_the_target(tmp_path):
     # nothing listens on port 9: every request fails to connect, counted by exception name
     assert result.ok == 0 and result.requests > 0
     assert set(result.statuses) <= {"ClientConnectorError", "ClientOSError"}
+
+
+def test_nvidia_smi_rows_parse_once_for_everyone():
+    fields = ["name", "utilization.gpu"]
+    text = "NVIDIA H100 80GB HBM3, 87\nNVIDIA H100 80GB HBM3, [N/A]\nwarning: something\n"
+    rows = gpu_probe.parse_rows(text, fields)
+    assert rows[0] == {"name": "NVIDIA H100 80GB HBM3", "utilization.gpu": "87"}
+    assert len(rows) == 2 and gpu_probe.numbers(rows, "utilization.gpu") == [87.0]
+
+
+def test_quick_options_shrink_one_archive_spec(tmp_path):
+    argv = ["--export-dir", str(tmp_path), "--quick", "--handlers", "noop,ours"]
+    setup = gpu_e2e.setup_from_args(gpu_e2e.build_parser().parse_args(argv), gpu=False)
+    served = setup.served
+    assert (served.min_workers, served.max_workers, served.batch_size) == (1, 1, 4)
+    assert (served.device, served.precision) == ("cpu", "fp32")
+    assert setup.handlers == ("noop", "ours") and setup.concurrencies == (2, 4)

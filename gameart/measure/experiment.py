@@ -1,25 +1,20 @@
-#!/usr/bin/env python3
 """The serving-configuration experiment: workers, batchSize/maxBatchDelay, a full queue.
 
-  python scripts/experiment.py                       # the default model, ~15 min on 2 cores
-  python scripts/experiment.py --quick --out /tmp/x  # a couple of minutes
-
-For each configuration it builds a .mar of the export, serves it with the project's
-config.properties on loopback ports, and drives it with the load generator (closed loop):
-  workers   1..N workers (threads split between them) x concurrency: throughput, p50, p99
+For each configuration it builds a .mar of the served export (one `ArchiveSpec`, varied per
+step), serves it with the project's config.properties on loopback ports, and drives it with
+the load generator (closed loop, after a warm-up):
+  workers   1..N workers x concurrency, at the served spec's batching: throughput, p50, p99
   batching  batchSize x maxBatchDelay with one worker, at concurrency 1 and under load
   queue     a queue of 10 under 64 clients: how fast the overflow is refused, and recovery
-Writes experiment.json, experiment.md and plots to --out.
+`run(ExperimentSpec)` writes experiment.json, experiment.md and plots to the spec's `out`;
+the command line is gameart/cli/experiment.py (scripts/experiment.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
-import shutil
-import sys
+import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,14 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from gameart.measure import loadgen
+from gameart.measure.gpu_probe import describe as describe_gpus
 from gameart.measure.plotting import Curve, throughput_and_p99
 from gameart.measure.uploads import upload_mix
-from gameart.ops import server as serve
-from gameart.ops.client import REPO_ROOT
-from gameart.pipeline import archive as build_mar
+from gameart.ops.client import KEY_FILE
+from gameart.ops.server import RunningServer, ServerSpec, start_server
+from gameart.paths import REPO_ROOT
+from gameart.pipeline.archive import ArchiveSpec, build_archive
+from modelspec.meta import ModelMeta
 
 DEFAULT_EXPORT = REPO_ROOT / "artifacts" / "export" / "gameart"
 DEFAULT_OUT = REPO_ROOT / "docs" / "experiments" / "serving-config-cpu"
+SECTIONS = ("workers", "batching", "queue")
+QUEUE_SIZE, QUEUE_CLIENTS = 10, 64  # the full-queue section: a small queue, many clients
+SERVER_QUEUE = {"job_queue_size": "1024"}  # the workers and batching sections never overflow
 
 
 @dataclass(frozen=True)
@@ -52,55 +53,73 @@ FULL = Plan((1, 2, 3, 4), (1, 4, 16, 64), (1, 4, 8, 16), (0, 5, 20, 50), (1, 16)
 QUICK = Plan((1, 2), (1, 8), (1, 4), (0, 20), (1, 8), 3.0, 1.0)
 
 
-class Server:
-    """A TorchServe on free loopback ports serving one model store, for one section."""
-
-    def __init__(self, store: Path, run_dir: Path, extra: tuple[str, ...] = ()):
-        self.run_dir = run_dir
-        self.client, _ = serve.start_on_free_ports(store, run_dir, extra)
-
-    def target(self, model: str) -> loadgen.Target:
-        return loadgen.Target(
-            f"{self.client.endpoints.inference}/predictions/{model}",
-            self.client.headers("inference"),
-        )
-
-    def stop(self) -> None:
-        serve.stop_server(self.run_dir)
-
-
 @dataclass(frozen=True)
-class Served:
-    """The export under test and how every archive of it is built: ONNX Runtime on CPU workers
-    (the shipped default), or with --gpu TorchScript on GPU workers (fp16 where exported)."""
+class ExperimentSpec:
+    """One run: the served archive (export, backend, precision, device and the batching of the
+    workers section), varied per step with `replace`; the plan; the sections; where to write."""
 
-    export_dir: Path
-    flags: tuple[str, ...] = ("--backend", "onnx")
+    served: ArchiveSpec
+    out: Path = DEFAULT_OUT
+    plan: Plan = FULL
+    sections: tuple[str, ...] = SECTIONS
 
-
-def archive(served: Served, store: Path, name: str, *flags: str) -> None:
-    argv = [
-        "--export-dir",
-        str(served.export_dir),
-        "--name",
-        name,
-        *served.flags,
-        "--model-store",
-        str(store),
-        *flags,
-    ]
-    if build_mar.main(argv) != 0:
-        raise SystemExit(f"could not archive {name}")
+    @property
+    def gpu(self) -> bool:
+        return self.served.device == "gpu"
 
 
-def measure(server: Server, model: str, concurrency: int, plan: Plan, **labels) -> dict:
-    uploads = upload_mix()
-    target = server.target(model)
-    loadgen.run(
-        loadgen.closed_loop(target, uploads, concurrency, duration=plan.warmup, max_requests=10**6)
+def served_spec(export_dir: Path, gpu: bool = False, **changes: Any) -> ArchiveSpec:
+    """ONNX Runtime on CPU workers (the shipped default), or TorchScript on GPU workers (fp16
+    where exported); `changes` are other ArchiveSpec fields (batching, for one)."""
+    if not gpu:
+        return ArchiveSpec(export_dir=export_dir, backend="onnx", **changes)
+    files = ModelMeta.load(export_dir).files
+    precision = "fp16" if "torchscript/fp16" in files else "fp32"
+    return ArchiveSpec(
+        export_dir=export_dir, backend="torchscript", precision=precision, device="gpu", **changes
     )
-    result = loadgen.run(
-        loadgen.closed_loop(target, uploads, concurrency, duration=plan.seconds, max_requests=10**6)
+
+
+def serving_flags(spec: ArchiveSpec) -> str:
+    """The build_mar options that make `spec`'s kind of archive, for the report."""
+    defaults = ArchiveSpec(export_dir=spec.export_dir)
+    flags = ["--backend", spec.backend]
+    if spec.precision != defaults.precision or spec.device != defaults.device:
+        flags += ["--precision", spec.precision]
+    if spec.device != defaults.device:
+        flags += ["--device", spec.device]
+    return " ".join(flags)
+
+
+def serve(store: Path, run_dir: Path, overrides: dict[str, str] | None = None) -> RunningServer:
+    """A TorchServe on free loopback ports serving one model store, for one section."""
+    spec = ServerSpec(
+        model_store=store,
+        run_dir=run_dir,
+        overrides=overrides or {},
+        free_ports=True,
+        ready_timeout_s=900.0,
+    )
+    return start_server(spec)
+
+
+def target(server: RunningServer, model: str) -> loadgen.Target:
+    """`model`'s predictions URL with the inference key (re-read if the server renews it)."""
+    client = server.client
+    return loadgen.Target(
+        f"{client.endpoints.inference}/predictions/{model}",
+        client.headers("inference"),
+        key_file=server.run_dir / KEY_FILE,
+    )
+
+
+def measure(server: RunningServer, model: str, concurrency: int, plan: Plan, **labels) -> dict:
+    result = loadgen.measure_closed_loop(
+        target(server, model),
+        upload_mix(),
+        concurrency,
+        warmup_s=plan.warmup,
+        duration_s=plan.seconds,
     )
     row = {**labels, "concurrency": concurrency, **result.summary()}
     print(
@@ -111,72 +130,54 @@ def measure(server: Server, model: str, concurrency: int, plan: Plan, **labels) 
     return row
 
 
-def workers_section(served: Served, workdir: Path, plan: Plan) -> list[dict]:
-    store = workdir / "workers_store"
+def workers_section(spec: ExperimentSpec, workdir: Path) -> list[dict]:
+    """The served spec's batching, 1..N workers each."""
+    plan, store = spec.plan, workdir / "workers_store"
     for n in plan.workers:
-        archive(
-            served,
-            store,
-            f"workers_{n}",
-            "--min-workers",
-            str(n),
-            "--max-workers",
-            str(n),
-            "--batch-size",
-            "8",
-            "--max-batch-delay",
-            "5",
-        )
-    server = Server(store, workdir / "workers_run", ("job_queue_size=1024",))
-    try:
+        build_archive(spec.served.replace(name=f"workers_{n}", model_store=store).with_workers(n))
+    with serve(store, workdir / "workers_run", SERVER_QUEUE) as server:
         return [
             measure(server, f"workers_{n}", c, plan, workers=n)
             for n in plan.workers
             for c in plan.worker_concurrency
         ]
-    finally:
-        server.stop()
 
 
-def batching_section(served: Served, workdir: Path, plan: Plan) -> list[dict]:
-    store = workdir / "batching_store"
+def batching_section(spec: ExperimentSpec, workdir: Path) -> list[dict]:
+    plan, store = spec.plan, workdir / "batching_store"
     configs = [(1, 0)] + [(b, d) for b in plan.batch_sizes if b > 1 for d in plan.delays_ms]
     for batch, delay in configs:
-        archive(
-            served,
-            store,
-            f"batch_{batch}_delay_{delay}",
-            "--batch-size",
-            str(batch),
-            "--max-batch-delay",
-            str(delay),
+        build_archive(
+            spec.served.replace(
+                name=f"batch_{batch}_delay_{delay}",
+                model_store=store,
+                batch_size=batch,
+                max_batch_delay_ms=delay,
+            )
         )
-    server = Server(store, workdir / "batching_run", ("job_queue_size=1024",))
-    try:
+    with serve(store, workdir / "batching_run", SERVER_QUEUE) as server:
         return [
             measure(server, f"batch_{b}_delay_{d}", c, plan, batch_size=b, delay_ms=d)
             for b, d in configs
             for c in plan.batch_concurrency
         ]
-    finally:
-        server.stop()
 
 
-def queue_section(served: Served, workdir: Path, plan: Plan) -> dict:
-    store = workdir / "queue_store"
-    archive(served, store, "small_queue", "--batch-size", "1", "--job-queue-size", "10")
-    server = Server(store, workdir / "queue_run")
-    try:
-        target = server.target("small_queue")
-        uploads = upload_mix()
-        overload = loadgen.run(
-            loadgen.closed_loop(target, uploads, 64, duration=plan.seconds, max_requests=10**6)
+def queue_section(spec: ExperimentSpec, workdir: Path) -> dict:
+    plan, store = spec.plan, workdir / "queue_store"
+    small = spec.served.replace(
+        name="small_queue", model_store=store, batch_size=1, job_queue_size=QUEUE_SIZE
+    )
+    build_archive(small)
+    with serve(store, workdir / "queue_run") as server:
+        model, uploads = target(server, "small_queue"), upload_mix()
+        # no warm-up: the overflow itself is what is measured, and then the recovery
+        overload = loadgen.measure_closed_loop(
+            model, uploads, QUEUE_CLIENTS, warmup_s=0, duration_s=plan.seconds
         )
-        after = loadgen.run(
-            loadgen.closed_loop(target, uploads, 1, duration=plan.seconds / 2, max_requests=10**6)
+        after = loadgen.measure_closed_loop(
+            model, uploads, 1, warmup_s=0, duration_s=plan.seconds / 2
         )
-    finally:
-        server.stop()
     result = {
         "overload": overload.summary(),
         "p50_ms_503": round(overload.percentile(50, "503"), 2),
@@ -185,12 +186,50 @@ def queue_section(served: Served, workdir: Path, plan: Plan) -> dict:
         "after": after.summary(),
     }
     print(
-        f"  queue of 10 under 64 clients: {result['overload']['statuses']}, 503 answered in "
+        f"  queue of {QUEUE_SIZE} under {QUEUE_CLIENTS} clients: "
+        f"{result['overload']['statuses']}, 503 answered in "
         f"p50 {result['p50_ms_503']} / p99 {result['p99_ms_503']} ms (200s: p50 "
         f"{result['p50_ms_200']} ms); afterwards {result['after']['statuses']}",
         flush=True,
     )
     return result
+
+
+def run(spec: ExperimentSpec) -> dict[str, Any]:
+    """Every section of `spec`, then its report files in `spec.out`; the report."""
+    cores = len(os.sched_getaffinity(0))
+    report: dict[str, Any] = {
+        "model": spec.served.export_dir.name,
+        "machine": f"{platform.processor() or platform.machine()}, {cores} cores"
+        + (f", {describe_gpus()}" if spec.gpu else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "uploads": [u.name for u in upload_mix()],
+        "seconds": spec.plan.seconds,
+        "serving": serving_flags(spec.served),
+        "workers_batching": {
+            "batch_size": spec.served.batch_size,
+            "max_batch_delay_ms": spec.served.max_batch_delay_ms,
+        },
+        "workers": [],
+        "batching": [],
+        "queue": {},
+    }
+    spec.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="experiment_") as tmp:
+        workdir = Path(tmp)
+        if "workers" in spec.sections:
+            print("== workers", flush=True)
+            report["workers"] = workers_section(spec, workdir)
+        if "batching" in spec.sections:
+            print("== batchSize x maxBatchDelay", flush=True)
+            report["batching"] = batching_section(spec, workdir)
+        if "queue" in spec.sections:
+            print("== a full queue", flush=True)
+            report["queue"] = queue_section(spec, workdir)
+    (spec.out / "experiment.json").write_text(json.dumps(report, indent=2) + "\n")
+    (spec.out / "experiment.md").write_text(markdown(report))
+    plots(report, spec.out)
+    return report
 
 
 # ---- report --------------------------------------------------------------------------------
@@ -206,8 +245,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report["workers"]:
         concurrencies = sorted({r["concurrency"] for r in report["workers"]})
+        batching = report["workers_batching"]
         lines += [
-            "## Workers (batchSize 8, maxBatchDelay 5 ms): images/s, p99 ms",
+            f"## Workers (batchSize {batching['batch_size']}, maxBatchDelay "
+            f"{batching['max_batch_delay_ms']} ms): images/s, p99 ms",
             "",
             "| workers | " + " | ".join(f"c={c}" for c in concurrencies) + " |",
             "|---|" + "---|" * len(concurrencies),
@@ -247,8 +288,9 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "## A full queue",
             "",
-            f"A model with jobQueueSize 10 and one worker under 64 closed-loop clients for "
-            f"{report['seconds']} s: {q['overload']['statuses']}. Refusals came back in "
+            f"A model with jobQueueSize {QUEUE_SIZE} and one worker under {QUEUE_CLIENTS} "
+            f"closed-loop clients for {report['seconds']} s: {q['overload']['statuses']}. "
+            "Refusals came back in "
             f"p50 {q['p50_ms_503']} ms / p99 {q['p99_ms_503']} ms, served requests in p50 "
             f"{q['p50_ms_200']} ms. One client afterwards: {q['after']['statuses']}, "
             f"p50 {q['after']['p50_ms']} ms.",
@@ -312,103 +354,3 @@ def plots(report: dict[str, Any], out: Path) -> None:
         figure.tight_layout()
         figure.savefig(out / "batching.png")
         plt.close(figure)
-
-
-def gpu_name() -> str:
-    import subprocess
-
-    query = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
-    answer = subprocess.run(query, capture_output=True, text=True, check=False)
-    return answer.stdout.strip().replace(", ", " driver ") or "GPU (unnamed)"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--export-dir",
-        type=Path,
-        default=DEFAULT_EXPORT,
-        help="the export to serve (default: the demo's model)",
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument(
-        "--sections",
-        nargs="+",
-        default=["workers", "batching", "queue"],
-        choices=["workers", "batching", "queue"],
-    )
-    parser.add_argument(
-        "--gpu", action="store_true", help="GPU workers, TorchScript (fp16 where exported)"
-    )
-    parser.add_argument("--workers", help="comma-separated worker counts (default: 1,2,3,4)")
-    parser.add_argument(
-        "--concurrency", help="comma-separated client counts of the workers section"
-    )
-    parser.add_argument(
-        "--batch-sizes", help="comma-separated batchSize values (default: 1,4,8,16)"
-    )
-    parser.add_argument("--delays", help="comma-separated maxBatchDelay ms (default: 0,5,20,50)")
-    parser.add_argument("--seconds", type=float, help="timed seconds per step (default: 12)")
-    args = parser.parse_args(argv)
-    if not (args.export_dir / "model_meta.json").is_file():
-        print(f"error: no export in {args.export_dir}; run `make demo` first", file=sys.stderr)
-        return 1
-    plan = QUICK if args.quick else FULL
-    if args.workers:
-        plan = dataclasses.replace(plan, workers=tuple(int(n) for n in args.workers.split(",")))
-    if args.concurrency:
-        counts = tuple(int(n) for n in args.concurrency.split(","))
-        plan = dataclasses.replace(plan, worker_concurrency=counts)
-    if args.batch_sizes:
-        sizes = tuple(int(n) for n in args.batch_sizes.split(","))
-        plan = dataclasses.replace(plan, batch_sizes=sizes)
-    if args.delays:
-        plan = dataclasses.replace(plan, delays_ms=tuple(int(n) for n in args.delays.split(",")))
-    if args.seconds:
-        plan = dataclasses.replace(plan, seconds=args.seconds)
-    if args.gpu:
-        meta = json.loads((args.export_dir / "model_meta.json").read_text())
-        precision = "fp16" if "torchscript/fp16" in meta["files"] else "fp32"
-        gpu_flags = ("--backend", "torchscript", "--precision", precision, "--device", "gpu")
-        served = Served(args.export_dir, gpu_flags)
-    else:
-        served = Served(args.export_dir)
-    import platform
-
-    report: dict[str, Any] = {
-        "model": args.export_dir.name,
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores" + (f", {gpu_name()}" if args.gpu else ""),
-        "date": time.strftime("%Y-%m-%d"),
-        "uploads": [u.name for u in upload_mix()],
-        "seconds": plan.seconds,
-        "serving": " ".join(served.flags),
-        "workers": [],
-        "batching": [],
-        "queue": {},
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="experiment_") as tmp:
-        workdir = Path(tmp)
-        if "workers" in args.sections:
-            print("== workers", flush=True)
-            report["workers"] = workers_section(served, workdir, plan)
-        if "batching" in args.sections:
-            print("== batchSize x maxBatchDelay", flush=True)
-            report["batching"] = batching_section(served, workdir, plan)
-        if "queue" in args.sections:
-            print("== a full queue", flush=True)
-            report["queue"] = queue_section(served, workdir, plan)
-        shutil.rmtree(workdir, ignore_errors=True)
-    (args.out / "experiment.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "experiment.md").write_text(markdown(report))
-    plots(report, args.out)
-    print(f"wrote {args.out / 'experiment.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

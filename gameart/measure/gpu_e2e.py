@@ -1,181 +1,149 @@
-#!/usr/bin/env python3
 """End to end on one host: 600x800 JPEG covers through TorchServe over HTTP, side by side:
 
   ours        our handler, the served export (fp16 on a GPU), JPEGs decoded batch-wise on the
               GPU (gpu_decode auto)
   ours_cpu    the same with gpu_decode off: Pillow decodes on the host's cores, as before
   stock       TorchServe's image_classifier handler on the same weights (eager fp32)
-  noop        scripts/noop_handler.py: the same payloads answered with a constant; the
+  noop        gameart/measure/noop_handler.py: the same payloads answered with a constant; the
               frontend's own ceiling on this host
 
-All four under one TorchServe, the same workers, batch size, batch delay and threads per worker
-(OMP_NUM_THREADS = cores / workers for the stock worker, intra_op_threads for ours). The clients
-are several processes (scripts/loadgen.py), and their own ceiling against a do-nothing server
-is measured first. GPU utilisation is sampled with nvidia-smi during each measured step.
+All four under one TorchServe, with the frontend settings of one `ArchiveSpec` (workers, batch
+size, batch delay, device) and the same threads per worker (OMP_NUM_THREADS = cores / workers
+for the stock worker, intra_op_threads for ours). The clients are several processes
+(gameart/measure/loadgen.py), and their own ceiling against a do-nothing server is measured
+first. GPU utilisation is sampled with nvidia-smi during each measured step (gpu_probe.py).
 
-  python scripts/gpu_e2e.py --export-dir results/gpu/r50_export --out results/gpu_e2e
-  python scripts/gpu_e2e.py --quick --out /tmp/e2e          # CPU smoke run (tests)
-
-Writes e2e.json, e2e.md and e2e.png to --out.
+`run(Setup)` writes e2e.json, e2e.md and e2e.png to the setup's `out`; the command line is
+gameart/cli/gpu_e2e.py (scripts/gpu_e2e.py).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import json
 import os
-import statistics
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gameart.measure import grpc_load as ts_grpc
 from gameart.measure import loadgen
+from gameart.measure.gpu_probe import GpuSampler
 from gameart.measure.uploads import Upload, cover_uploads
-from gameart.ops import server as serve
-from gameart.ops.client import REPO_ROOT, TorchServeClient
+from gameart.ops.client import KEY_FILE
+from gameart.ops.server import RunningServer, ServerSpec, start_server
+from gameart.paths import REPO_ROOT
 from modelspec.meta import ModelMeta
 
+if TYPE_CHECKING:  # the archive module imports torch, which the client processes need not
+    from gameart.pipeline.archive import ArchiveSpec
+
 NOOP_HANDLER = Path(__file__).with_name("noop_handler.py")
+DEFAULT_OUT = REPO_ROOT / "results" / "gpu_e2e"
+HANDLERS = ("noop", "ours", "ours_cpu", "stock")
+PROTOCOLS = ("http", "grpc")  # grpc: TorchServe's gRPC inference API
+GPU_BATCH_SIZE = 32  # the e2e default: a GPU worker wants larger batches than the CPU default
+GPU_WORKERS = 4
 
 
 @dataclass(frozen=True)
 class Setup:
-    export_dir: Path
-    checkpoint: Path | None  # eager weights for the stock handler (None: no stock row)
-    architecture: str
-    backend: str = "torchscript"
-    precision: str = "fp16"
-    workers: int = 4
-    batch_size: int = 32
-    max_batch_delay: int = 5
-    gpu: bool = True
-    handlers: tuple[str, ...] = ("noop", "ours", "ours_cpu", "stock")
+    """One comparison: `served` is our archive (export, backend, precision, device, batching,
+    workers), whose frontend settings every other row's archive copies."""
+
+    served: ArchiveSpec
+    out: Path = DEFAULT_OUT
+    checkpoint: Path | None = None  # eager weights for the stock handler (None: no stock row)
+    handlers: tuple[str, ...] = HANDLERS
     concurrencies: tuple[int, ...] = (64, 128, 256)
     seconds: float = 10.0
     warmup: float = 3.0
     processes: int = 4
     covers: int = 32
-    protocols: tuple[str, ...] = ("http",)  # and "grpc": TorchServe's gRPC inference API
+    protocols: tuple[str, ...] = ("http",)
+
+    @property
+    def workers(self) -> int:
+        return self.served.max_workers
+
+    def record(self) -> dict[str, Any]:
+        """The setup as e2e.json has always written it (flat, paths as strings)."""
+        served = self.served
+        return {
+            "export_dir": str(served.export_dir),
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "architecture": ModelMeta.load(served.export_dir).architecture,
+            "backend": served.backend,
+            "precision": served.precision,
+            "workers": self.workers,
+            "batch_size": served.batch_size,
+            "max_batch_delay": served.max_batch_delay_ms,
+            "gpu": served.device == "gpu",
+            "handlers": self.handlers,
+            "concurrencies": self.concurrencies,
+            "seconds": self.seconds,
+            "warmup": self.warmup,
+            "processes": self.processes,
+            "covers": self.covers,
+            "protocols": self.protocols,
+        }
 
 
-@dataclass
-class GpuSampler:
-    """nvidia-smi's utilisation.gpu every 100 ms while a step runs (absent without a GPU)."""
-
-    process: subprocess.Popen | None = None
-    samples: list[float] = field(default_factory=list)
-
-    def __enter__(self) -> GpuSampler:
-        try:
-            self.process = subprocess.Popen(
-                [
-                    "nvidia-smi",
-                    "--query-gpu=utilization.gpu",
-                    "--format=csv,noheader,nounits",
-                    "-lms",
-                    "100",
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        except FileNotFoundError:
-            self.process = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        out, _ = self.process.communicate(timeout=10)
-        self.samples = [float(x) for x in out.split() if x.strip().isdigit()]
-
-    def mean(self) -> float | None:
-        return round(statistics.fmean(self.samples), 1) if self.samples else None
+def quick(setup: Setup) -> Setup:
+    """A small run for a CPU machine (the tests): one worker, batches of 4, two clients'
+    processes, a few seconds a step."""
+    return dataclasses.replace(
+        setup,
+        served=setup.served.replace(batch_size=4).with_workers(1),
+        concurrencies=(2, 4),
+        seconds=2.0,
+        warmup=0.5,
+        processes=2,
+        covers=8,
+    )
 
 
 def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def archive_all(setup: Setup, store: Path, staging: Path) -> None:
-    # build_mar and benchmark import torch: imported here, not at the top, because the client
-    # processes (spawned) import this module, and 16 of them need not load torch
+def archive_all(setup: Setup, store: Path) -> None:
+    # archive and benchmark import torch: imported here, not at the top, so that the client
+    # processes (spawned, importing the modules around their loops) need not load it
     from gameart.measure import benchmark
-    from gameart.pipeline import archive as build_mar
+    from gameart.pipeline.archive import build_archive, package
 
-    common = [
-        "--batch-size",
-        str(setup.batch_size),
-        "--max-batch-delay",
-        str(setup.max_batch_delay),
-        "--min-workers",
-        str(setup.workers),
-        "--max-workers",
-        str(setup.workers),
-        "--device",
-        "gpu" if setup.gpu else "cpu",
-        "--model-store",
-        str(store),
-        "--export-dir",
-        str(setup.export_dir),
-        "--backend",
-        setup.backend,
-        "--precision",
-        setup.precision,
-        "--handler-set",
-        f"intra_op_threads={threads_per_worker(setup.workers)}",
-    ]
+    ours = setup.served.replace(model_store=store)
+    ours = ours.with_handler(intra_op_threads=threads_per_worker(setup.workers))
     for name, decode in (("ours", "auto"), ("ours_cpu", "off")):
         if name in setup.handlers:
-            argv = [*common, "--name", name, "--handler-set", f"gpu_decode={decode}"]
-            if build_mar.main(argv) != 0:
-                raise SystemExit(f"could not archive {name}")
+            build_archive(ours.replace(name=name).with_handler(gpu_decode=decode))
     if "noop" in setup.handlers:
-        archive_noop(setup, store, staging / "noop")
+        config = ours.frontend_config()
+        package(name="noop", handler=NOOP_HANDLER, config=config, model_store=store)
     if "stock" in setup.handlers and setup.checkpoint is not None:
-        meta = ModelMeta.load(setup.export_dir)
-        subject = benchmark.Subject("stock", setup.architecture, setup.export_dir, meta, None)
-        subject.checkpoint = setup.checkpoint
-        benchmark.archive_stock(
-            subject,
-            store,
-            "stock",
-            setup.batch_size,
-            setup.max_batch_delay,
-            setup.workers,
-            staging / "stock",
-        )
+        meta = ModelMeta.load(setup.served.export_dir)
+        export_dir = setup.served.export_dir
+        subject = benchmark.Subject("stock", meta.architecture, export_dir, meta, setup.checkpoint)
+        benchmark.archive_stock(subject, ours.replace(name="stock"))  # ours' batching, workers
 
 
-def archive_noop(setup: Setup, store: Path, staging: Path) -> None:
-    from gameart.pipeline import archive as build_mar
-
-    staging.mkdir(parents=True, exist_ok=True)
-    config = staging / "model-config.yaml"
-    config.write_text(
-        f"minWorkers: {setup.workers}\nmaxWorkers: {setup.workers}\n"
-        f"batchSize: {setup.batch_size}\nmaxBatchDelay: {setup.max_batch_delay}\n"
-    )
-    command = [
-        build_mar.archiver_command(),
-        *("--model-name", "noop", "--version", "1.0", "--handler", str(NOOP_HANDLER)),
-        *("--config-file", str(config), "--export-path", str(store), "--force"),
-    ]
-    env = {**os.environ, "TMPDIR": str(staging)}
-    subprocess.run(command, check=True, capture_output=True, env=env)
-
-
-def start_server(setup: Setup, store: Path, run_dir: Path) -> tuple[TorchServeClient, str]:
-    """The running server's client and its gRPC inference address."""
-    queue = f"job_queue_size={max(1024, 4 * max(setup.concurrencies))}"
+def serve(setup: Setup, store: Path, run_dir: Path) -> RunningServer:
+    """One TorchServe on free loopback ports for every row, its queue deep enough for them."""
+    queue = max(1024, 4 * max(setup.concurrencies))
     # the stock worker takes torch's default thread count (every core) unless told otherwise
-    os.environ["OMP_NUM_THREADS"] = str(threads_per_worker(setup.workers))
-    return serve.start_on_free_ports(store, run_dir, (queue,))
+    threads = threads_per_worker(setup.workers)
+    spec = ServerSpec(
+        model_store=store,
+        run_dir=run_dir,
+        overrides={"job_queue_size": str(queue)},
+        free_ports=True,
+        ready_timeout_s=900.0,
+        env={"OMP_NUM_THREADS": str(threads)},
+    )
+    return start_server(spec)
 
 
 def measure(
@@ -184,6 +152,9 @@ def measure(
     concurrency: int,
     setup: Setup,
 ) -> dict[str, Any]:
+    """One step: a warm-up, then the measured run with nvidia-smi sampling it. The warm-up is
+    run apart (not loadgen.measure_closed_loop) so that the GPU samples and the load average
+    cover the measured seconds only."""
     processes = min(setup.processes, concurrency)
     grpc = isinstance(target, ts_grpc.GrpcTarget)
     loop = ts_grpc.closed_loop if grpc else loadgen.closed_loop
@@ -216,7 +187,8 @@ def measure_client_ceiling(uploads: list[Upload], setup: Setup) -> dict[str, Any
     return client_ceiling(uploads, top, min(setup.seconds, 5.0), setup.processes)
 
 
-def run(setup: Setup, out: Path) -> dict[str, Any]:
+def run(setup: Setup) -> dict[str, Any]:
+    out = setup.out
     out.mkdir(parents=True, exist_ok=True)
     workdir = out / "work"
     store = workdir / "model_store"
@@ -225,14 +197,13 @@ def run(setup: Setup, out: Path) -> dict[str, Any]:
     print(f"clients: {setup.processes} processes; measuring their ceiling", flush=True)
     ceiling = measure_client_ceiling(uploads, setup)
     print(f"  client ceiling: {ceiling['throughput_rps']:.0f} req/s", flush=True)
-    archive_all(setup, store, workdir / "staging")
-    run_dir = workdir / "run"
-    client, grpc_address = start_server(setup, store, run_dir)
+    archive_all(setup, store)
     if "grpc" in setup.protocols:
         ts_grpc.stubs()  # generate once here, not in every client process
-    token = client.headers("inference").get("Authorization", "").removeprefix("Bearer ")
-    rows = []
-    try:
+    with serve(setup, store, workdir / "run") as server:
+        client = server.client
+        token = client.headers("inference").get("Authorization", "").removeprefix("Bearer ")
+        rows = []
         for handler in setup.handlers:
             if not (store / f"{handler}.mar").exists():
                 continue
@@ -240,8 +211,9 @@ def run(setup: Setup, out: Path) -> dict[str, Any]:
                 "http": loadgen.Target(
                     f"{client.endpoints.inference}/predictions/{handler}",
                     client.headers("inference"),
+                    key_file=server.run_dir / KEY_FILE,
                 ),
-                "grpc": ts_grpc.GrpcTarget(grpc_address, handler, token),
+                "grpc": ts_grpc.GrpcTarget(server.grpc_inference_address, handler, token),
             }
             for protocol, concurrency in itertools.product(setup.protocols, setup.concurrencies):
                 row = {
@@ -258,10 +230,8 @@ def run(setup: Setup, out: Path) -> dict[str, Any]:
                     flush=True,
                 )
         stage_text = client.metrics_text()
-    finally:
-        serve.stop_server(run_dir)
     result = {
-        "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(setup).items()},
+        "setup": setup.record(),
         "machine": machine_info(),
         "client_ceiling": ceiling,
         "rows": rows,
@@ -360,59 +330,3 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def gpu_name(result: dict[str, Any]) -> str:
     gpu = result["machine"].get("gpu")
     return gpu["name"] if gpu else ""
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--export-dir", type=Path, help="an export (python -m export --fp16)")
-    parser.add_argument("--checkpoint", type=Path, help="its eager weights, for the stock row")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "results" / "gpu_e2e")
-    parser.add_argument("--backend", default="torchscript")
-    parser.add_argument("--precision", default=None, help="default: fp16 on a GPU, else fp32")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-batch-delay", type=int, default=5)
-    parser.add_argument("--concurrency", default="64,128,256")
-    parser.add_argument("--handlers", default="noop,ours,ours_cpu,stock")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--protocols", default="http", help="http, grpc or http,grpc")
-    parser.add_argument("--quick", action="store_true", help="a small CPU run (tests)")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    args = parse_args(argv)
-    gpu = torch.cuda.is_available()
-    if args.export_dir is None:
-        raise SystemExit("--export-dir is required (python -m export ... --fp16)")
-    meta = ModelMeta.load(args.export_dir)
-    setup = Setup(
-        export_dir=args.export_dir,
-        checkpoint=args.checkpoint,
-        architecture=meta.architecture,
-        backend=args.backend,
-        precision=args.precision or ("fp16" if gpu else "fp32"),
-        workers=1 if args.quick else args.workers,
-        batch_size=4 if args.quick else args.batch_size,
-        max_batch_delay=args.max_batch_delay,
-        gpu=gpu,
-        handlers=tuple(args.handlers.split(",")),
-        concurrencies=(2, 4) if args.quick else tuple(int(c) for c in args.concurrency.split(",")),
-        seconds=2.0 if args.quick else args.seconds,
-        warmup=0.5 if args.quick else 3.0,
-        processes=2 if args.quick else args.processes,
-        covers=8 if args.quick else 32,
-        protocols=tuple(args.protocols.split(",")),
-    )
-    run(setup, args.out)
-    print(f"wrote {args.out / 'e2e.md'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

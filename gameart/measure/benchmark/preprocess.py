@@ -75,7 +75,6 @@ def bench_preprocess(
     spec: PreprocessSpec, uploads: Sequence[Upload], devices: list[str], plan: Plan
 ) -> list[dict]:
     rows = []
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     for name, method in preprocess_methods(spec, devices).items():
         for upload in uploads:
             if method is None:

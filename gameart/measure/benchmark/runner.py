@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gameart.measure import gpu_probe
 from gameart.measure.benchmark import report
 from gameart.measure.benchmark.e2e import bench_e2e
 from gameart.measure.benchmark.goals import goals_of, verdicts
@@ -66,15 +66,11 @@ def machine_info() -> dict[str, Any]:
         },
     }
     if torch.cuda.is_available():
-        driver = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-        )
+        gpus = gpu_probe.query("driver_version")
         info["gpu"] = {
             "name": torch.cuda.get_device_name(0),
             "cuda": torch.version.cuda,
-            "driver": driver.stdout.strip() or None,
+            "driver": gpus[0]["driver_version"] if gpus else None,
             "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         }
     return info
