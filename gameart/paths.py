@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -18,3 +20,10 @@ DATASET = DATA / "gameart"
 DEB_CACHE = DATA / "debs"
 TRAIN_OUT = ARTIFACTS / "train" / "gameart"
 EXPORT_OUT = ARTIFACTS / "export" / "gameart"
+
+
+def venv_program(name: str) -> str | None:
+    """A console script of this Python's environment (torchserve, torch-model-archiver), found
+    beside the interpreter first so an unactivated venv works, else on PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else shutil.which(name)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gameart.ops import environment
+from gameart.cli import check_env
 
 if __name__ == "__main__":
-    sys.exit(environment.main())
+    sys.exit(check_env.main())

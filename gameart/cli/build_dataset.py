@@ -10,15 +10,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from gameart.cli.common import choices_list
+from gameart.cli.common import choices_list, command_parser
 from gameart.paths import DATASET, DEB_CACHE
 from gameart.pipeline.dataset import GAMES, DatasetError, Filters, build
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument("--out", type=Path, default=DATASET)
     parser.add_argument("--debs", type=Path, default=DEB_CACHE, help="download cache")
     parser.add_argument(

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gameart.cli.common import key_values
+from gameart.cli.common import command_parser, key_values
 from gameart.pipeline.archive import (
     ARCHIVE_FORMATS,
     DEVICES,
@@ -24,9 +24,7 @@ DEFAULTS = ArchiveSpec(export_dir=Path("."))  # the defaults shown in --help com
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--export-dir",
         type=Path,

@@ -14,6 +14,13 @@ from gameart.paths import RUN_DIR
 T = TypeVar("T")
 
 
+def command_parser(doc: str | None, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A command's parser: its module docstring as the help text, layout kept."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, parents=parents
+    )
+
+
 def run_dir_parent() -> argparse.ArgumentParser:
     """--run-dir: which server instance (its config, logs and key file)."""
     parent = argparse.ArgumentParser(add_help=False)

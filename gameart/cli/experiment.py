@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from gameart.cli.build_mar import add_batching_options
-from gameart.cli.common import choices_list, comma_list
+from gameart.cli.common import choices_list, comma_list, command_parser
 from gameart.measure.experiment import (
     DEFAULT_EXPORT,
     DEFAULT_OUT,
@@ -34,9 +34,7 @@ from modelspec.meta import META_FILENAME, MetaError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--export-dir",
         type=Path,

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gameart.cli.common import choices_list, comma_list
+from gameart.cli.common import choices_list, comma_list, command_parser
 from gameart.measure.gpu_e2e import (
     DEFAULT_OUT,
     GPU_BATCH_SIZE,
@@ -36,9 +36,7 @@ from modelspec.meta import BACKENDS, PRECISIONS, MetaError
 def build_parser() -> argparse.ArgumentParser:
     from gameart.cli.build_mar import add_batching_options
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--export-dir", type=Path, required=True, help="an export (python -m export --fp16)"
     )

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gameart.cli.common import command_parser
 from gameart.measure.hostile_bench import run, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument("--out", type=Path, required=True, help="folder for report.json/.md")
     parser.add_argument("--naive-cpu-limit", type=int, default=30, help="seconds per naive item")
     return parser

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gameart.cli.common import comma_list, run_dir_parent, token_parent
+from gameart.cli.common import comma_list, command_parser, run_dir_parent, token_parent
 from gameart.measure.loadgen import LoadError
 from gameart.measure.loadtest import LoadTestSpec, run
 from gameart.ops.client import Endpoints, TorchServeClient, TorchServeError
@@ -23,11 +23,7 @@ DEFAULTS = LoadTestSpec(model="")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[run_dir_parent(), token_parent()],
-    )
+    parser = command_parser(__doc__, run_dir_parent(), token_parent())
     parser.add_argument("--model", required=True, help="model name in /predictions/<model>")
     parser.add_argument("--url", help="inference base URL instead of the run dir's")
     parser.add_argument(

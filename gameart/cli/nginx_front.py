@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gameart.cli.common import run_dir_parent
+from gameart.cli.common import command_parser, run_dir_parent
 from gameart.ops.client import TorchServeClient, TorchServeError
 from gameart.ops.nginx import DEFAULT_PREFIX, FrontError, FrontSpec, start_front, stop_front
 
@@ -38,9 +38,7 @@ def stop(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--prefix",
         type=Path,

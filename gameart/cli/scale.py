@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from gameart.cli.common import run_dir_parent
+from gameart.cli.common import command_parser, run_dir_parent
 from gameart.ops.client import ModelStatus, TorchServeClient, TorchServeError
 from gameart.ops.scaling import Policy, watch, worker_memory_mib
 
@@ -85,11 +85,7 @@ def watch_model(client: TorchServeClient, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[run_dir_parent()],
-    )
+    parser = command_parser(__doc__, run_dir_parent())
     parser.add_argument("--token", help="management token instead of the run dir's key file")
     commands = parser.add_subparsers(dest="command", required=True)
     show_cmd = commands.add_parser("show", help="workers (id, pid, status, GPU, memory), queue")

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gameart.cli.common import key_values, run_dir_parent
+from gameart.cli.common import command_parser, key_values, run_dir_parent
 from gameart.ops.client import KEY_FILE, TorchServeClient, TorchServeError, read_tokens
 from gameart.ops.environment import EnvironmentProblem
 from gameart.ops.server import (
@@ -108,11 +108,7 @@ def token(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[run_dir_parent()],
-    )
+    parser = command_parser(__doc__, run_dir_parent())
     commands = parser.add_subparsers(dest="command", required=True)
     start_cmd = commands.add_parser("start", help="start and wait until workers are READY")
     start_cmd.add_argument("--config", type=Path, default=DEFAULTS.config)

@@ -9,9 +9,9 @@ time budget, GPU when present; then an evaluation on test/ (gameart/pipeline/tra
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from gameart.cli.common import command_parser
 from gameart.paths import DATASET, TRAIN_OUT
 from gameart.pipeline.training import Config, train
 from modelspec.architectures import ARCHITECTURES
@@ -20,9 +20,7 @@ from modelspec.architectures import ARCHITECTURES
 def parse_args(argv: list[str] | None = None) -> Config:
     """argv -> the training Config (its field defaults are the CLI's)."""
     defaults = Config(data=Path(), out=Path())
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--data",
         type=Path,

@@ -27,7 +27,7 @@ from gameart.ops.client import KEY_FILE, SERVER_FILE, TorchServeClient, TorchSer
 from gameart.ops.environment import find_java
 from gameart.ops.ports import free_ports
 from gameart.ops.properties import absolute_paths, effective_config, read_properties
-from gameart.paths import CONFIG, LOG_CONFIG, MODEL_STORE, RUN_DIR
+from gameart.paths import CONFIG, LOG_CONFIG, MODEL_STORE, RUN_DIR, venv_program
 
 PORT_ATTEMPTS = 3  # a free port can be taken by another process before TorchServe binds it
 
@@ -93,8 +93,7 @@ class RunningServer:
 
 
 def torchserve_command() -> str:
-    candidate = Path(sys.executable).parent / "torchserve"
-    found = str(candidate) if candidate.exists() else shutil.which("torchserve")
+    found = venv_program("torchserve")
     if not found:
         raise ServeError("the torchserve command is missing: run `make install`")
     return found

@@ -13,7 +13,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from gameart.paths import MODEL_STORE, REPO_ROOT
+from gameart.paths import MODEL_STORE, REPO_ROOT, venv_program
 from handler.config import HandlerConfig
 from modelspec.aoti import read_info
 from modelspec.meta import BACKENDS, META_FILENAME, PRECISIONS, ModelMeta
@@ -122,8 +121,7 @@ def check_aoti_device(model_file: Path, device: str) -> None:
 
 
 def archiver_command() -> str:
-    candidate = Path(sys.executable).parent / "torch-model-archiver"
-    found = str(candidate) if candidate.exists() else shutil.which("torch-model-archiver")
+    found = venv_program("torch-model-archiver")
     if not found:
         raise BuildError("torch-model-archiver is missing: run `make install`")
     return found

@@ -59,12 +59,21 @@ def prepare_subject(
 
 
 def _export(checkpoint: Path, out: Path, model: str, num_classes: int, fp16: bool) -> None:
-    """`python -m export` on the checkpoint: int8 always, fp16 + AOTInductor for a GPU."""
-    from export.cli import main as export_main
+    """The export step on the checkpoint: int8 always, fp16 + AOTInductor for a GPU."""
+    from export.cli import ExportError, export_model
+    from export.spec import ExportSpec
 
-    names = ",".join(f"class_{i}" for i in range(num_classes))
-    argv = ["--checkpoint", str(checkpoint), "--out", str(out), "--arch", model]
-    argv += ["--class-names", names, "--name", f"bench_{model}", "--int8"]
-    argv += ["--fp16", "--aot"] if fp16 else []
-    if export_main(argv) != 0:
-        raise SystemExit("export of the benchmark subject failed")
+    spec = ExportSpec(
+        checkpoint=checkpoint,
+        out=out,
+        arch=model,
+        class_names=",".join(f"class_{i}" for i in range(num_classes)),
+        name=f"bench_{model}",
+        int8=True,
+        fp16=fp16,
+        aot=fp16,
+    )
+    try:
+        export_model(spec)
+    except (ExportError, ValueError) as exc:
+        raise SystemExit(f"export of the benchmark subject failed: {exc}") from exc
