@@ -49,6 +49,10 @@ class ExportError(RuntimeError):
     """Export stopped; the message says why."""
 
 
+# what an export can fail with, each saying why in its message
+EXPORT_ERRORS = (CheckpointError, ArchitectureError, MetaError, ExportError, AotiError)
+
+
 @dataclass
 class ExportResult:
     out_dir: Path
@@ -385,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = export_model(args)
-    except (CheckpointError, ArchitectureError, MetaError, ExportError, AotiError) as exc:
+    except EXPORT_ERRORS as exc:
         print(f"export failed: {exc}", file=sys.stderr)
         return 2
     print(

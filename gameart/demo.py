@@ -97,8 +97,7 @@ def start() -> RunningServer:
         print("stopping the server already running, to serve the fresh archive")
         stop_server(RUN_DIR)
     server = start_server(ServerSpec())
-    for name, ready in server.ready.items():
-        print(f"  {name}: {ready} worker(s) READY at {server.client.endpoints.inference}")
+    print(server.describe())
     return server
 
 
@@ -157,7 +156,7 @@ def served_accuracy(client: TorchServeClient, concurrency: int = 4) -> float:
     evaluation = json.loads((TRAIN_OUT / "eval.json").read_text())
     print(
         f"served accuracy {accuracy:.1%} on {len(hits)} held-out images "
-        f"(training measured {evaluation['accuracy']:.1%} offline; majority baseline "
+        f"(train.py measured {evaluation['accuracy']:.1%} offline; majority baseline "
         f"{evaluation['majority_baseline']:.1%})"
     )
     return accuracy

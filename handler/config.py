@@ -94,7 +94,7 @@ class HandlerConfig:
         """Threads per worker: explicit, or the cores split between the host's workers.
 
         A worker sizes its pools once, at load: the caller counts the larger of the archive's
-        maxWorkers and the workers already running on this host, so workers added by scaling
+        maxWorkers and this model's workers already running, so workers added by scaling
         past maxWorkers take fewer threads (the ones running keep theirs: archive with the
         --max-workers you will scale to, see docs/configuration.md)."""
         if self.intra_op_threads > 0:

@@ -379,20 +379,22 @@ def _server_error(exc: BaseException, where: str, model: bool = False) -> Server
     return ServerError("the server failed on this request; see the model log", kind="InternalError")
 
 
-def live_workers_on_host(frontend_pid: int | None = None) -> int:
-    """TorchServe workers (of every model) running under the frontend (by default this
-    worker's parent), this one included; 1 when that cannot be told."""
+def live_workers_on_host(frontend_pid: int | None = None, model_dir: str | None = None) -> int:
+    """This model's TorchServe workers running under the frontend (by default this worker's
+    parent), this one included; 1 when that cannot be told. TorchServe starts each worker in
+    its model's directory, so the working directory tells the models apart."""
     try:
         import psutil  # a TorchServe dependency
 
-        frontend = psutil.Process(frontend_pid or os.getppid())
-        return max(
-            1,
-            sum(
-                1
-                for child in frontend.children()
-                if any("model_service_worker" in part for part in child.cmdline())
-            ),
-        )
-    except Exception:
+        children = psutil.Process(frontend_pid or os.getppid()).children()
+    except Exception:  # a count is a sizing hint, never a reason to fail a load
         return 1
+    model_dir = model_dir or os.getcwd()
+    count = 0
+    for child in children:
+        try:
+            is_worker = any("model_service_worker" in part for part in child.cmdline())
+            count += is_worker and child.cwd() == model_dir
+        except Exception:  # exited, a zombie, or not ours to read: not counted
+            continue
+    return max(1, count)

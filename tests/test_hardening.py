@@ -76,7 +76,7 @@ def test_answers_on_the_project_policy_equal_the_eager_model(server, exported_sm
 def test_every_listener_is_on_loopback(server):
     sockets = [
         c
-        for c in psutil.Process(server.java_pid).net_connections(kind="tcp")
+        for c in psutil.Process(server.pid).net_connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN
     ]
     assert len(sockets) >= 5  # inference, management, metrics, 2x gRPC

@@ -198,20 +198,28 @@ def test_gpu_worker_matches_cpu(exported_small, backend, precision):
 
 def test_threads_are_sized_for_the_workers_already_running(tmp_path):
     """Scaling past the archive's maxWorkers must not oversubscribe: a new worker counts its
-    running siblings (children of the frontend whose command is TorchServe's worker)."""
+    model's running workers (children of the frontend running TorchServe's worker script in
+    the model's directory); other models' workers and other programs do not count."""
     import subprocess
     import sys
 
     from handler.config import HandlerConfig
     from handler.service import live_workers_on_host
 
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir()
+    theirs.mkdir()
     sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
-    workers = [subprocess.Popen([*sleeper, "ts/model_service_worker.py"]) for _ in range(3)]
-    other = subprocess.Popen([*sleeper, "something_else.py"])  # not a worker: not counted
+    processes = [
+        *(subprocess.Popen([*sleeper, "ts/model_service_worker.py"], cwd=ours) for _ in range(3)),
+        subprocess.Popen([*sleeper, "ts/model_service_worker.py"], cwd=theirs),  # another model
+        subprocess.Popen([*sleeper, "something_else.py"], cwd=ours),  # not a worker
+    ]
     try:
-        assert live_workers_on_host(os.getpid()) == 3
+        assert live_workers_on_host(os.getpid(), str(ours)) == 3
+        assert live_workers_on_host(os.getpid(), str(theirs)) == 1
     finally:
-        for process in [*workers, other]:
+        for process in processes:
             process.kill()
             process.wait()
     cores = len(os.sched_getaffinity(0))

@@ -224,7 +224,7 @@ def test_clean_shutdown(tmp_path, exported_small):
     store = tmp_path / "store"
     torchserve.archive(exported_small.out_dir, store, "small", "onnx")
     server = torchserve.start(tmp_path / "run", store)
-    pids = [server.java_pid, *server.worker_pids()]
+    pids = [server.pid, *server.worker_pids()]
     assert len(pids) >= 2  # the frontend and a worker
     ports = [int(url.rsplit(":", 1)[1]) for url in vars(server.client.endpoints).values()]
     assert server.stop() is True

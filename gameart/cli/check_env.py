@@ -29,7 +29,7 @@ from gameart.ops.environment import (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
         "--install", action="store_true", help="apt-get install what is missing (root only)"
     )
     parser.add_argument("--record", type=Path, help="write the verified components here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if sys.version_info < MIN_PYTHON:
         print(
             f"error: Python {'.'.join(map(str, MIN_PYTHON))}+ needed, this is "

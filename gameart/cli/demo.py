@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from export.cli import ExportError
+from export.cli import EXPORT_ERRORS
 from gameart.demo import run_demo
 from gameart.ops.server import ServeError
 from gameart.pipeline.archive import BuildError
 from gameart.pipeline.dataset import DatasetError
-from modelspec.meta import MetaError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run_demo(args.train_budget)
-    except (DatasetError, ExportError, MetaError, BuildError, ServeError) as exc:
+    except (DatasetError, *EXPORT_ERRORS, BuildError, ServeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

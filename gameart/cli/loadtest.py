@@ -107,7 +107,9 @@ def make_client(args: argparse.Namespace) -> TorchServeClient:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(spec_from_args(args), make_client(args))
+        client = make_client(args)
+        key_file = None if args.token else client.key_file  # a key given by hand stays
+        run(spec_from_args(args), client, key_file)
     except (LoadError, TorchServeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

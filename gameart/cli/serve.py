@@ -16,7 +16,6 @@ from gameart.cli.common import command_parser, key_values, run_dir_parent
 from gameart.ops.client import KEY_FILE, TorchServeClient, TorchServeError, read_tokens
 from gameart.ops.environment import EnvironmentProblem
 from gameart.ops.server import (
-    RunningServer,
     ServeError,
     ServerSpec,
     health_problem,
@@ -39,20 +38,8 @@ def start(args: argparse.Namespace) -> int:
         ready_timeout_s=args.timeout,
     )
     server = start_server(spec)
-    print_ready(server)
+    print(server.describe())
     return serve_in_foreground(server) if args.foreground else 0
-
-
-def print_ready(server: RunningServer) -> None:
-    print("ready:")
-    for name, ready in server.ready.items():
-        print(f"  {name}: {ready} worker(s) READY")
-    endpoints = server.client.endpoints
-    print(f"inference  {endpoints.inference}")
-    print(f"management {endpoints.management}")
-    print(f"metrics    {endpoints.metrics}/metrics")
-    if read_tokens(server.run_dir):
-        print(f"tokens     {server.run_dir / KEY_FILE}  (python scripts/serve.py token inference)")
 
 
 def stop(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ time budget, GPU when present; then an evaluation on test/ (gameart/pipeline/tra
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from gameart.cli.common import command_parser
@@ -17,8 +18,8 @@ from gameart.pipeline.training import Config, train
 from modelspec.architectures import ARCHITECTURES
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    """argv -> the training Config (its field defaults are the CLI's)."""
+def build_parser() -> argparse.ArgumentParser:
+    """Every Config field as an option; the Config's field defaults are the CLI's."""
     defaults = Config(data=Path(), out=Path())
     parser = command_parser(__doc__)
     parser.add_argument(
@@ -62,10 +63,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
             f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name)
         )
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1 ...")
-    args = parser.parse_args(argv)
-    return Config(**vars(args))
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    train(parse_args(argv))
+    train(Config(**vars(build_parser().parse_args(argv))))
     return 0

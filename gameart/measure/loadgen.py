@@ -100,16 +100,19 @@ class Target:
     # key is re-read from here and the request sent once more, as TorchServeClient does
     key_file: Path | None = None
 
-    def renew_key(self) -> bool:
-        """Take the inference key from the key file; True if it changed."""
+    def renew_key(self, refused: str | None) -> bool:
+        """After the server refused the key `refused` (an Authorization header): take the key
+        file's inference key; True when the header now differs from the refused one, also
+        when another request of this process already took the new key."""
         if self.key_file is None:
             return False
-        token = read_tokens(self.key_file.parent).get("inference")
-        header = f"Bearer {token}" if token else None
-        if not header or self.headers.get("Authorization") == header:
-            return False
-        self.headers["Authorization"] = header  # the dict is shared by this process's clients
-        return True
+        try:
+            token = read_tokens(self.key_file.parent).get("inference")
+        except (OSError, ValueError):  # the server is rewriting the file: not renewed yet
+            token = None
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"  # shared by this process's clients
+        return self.headers.get("Authorization") != refused
 
     def request_kwargs(self, upload: Upload) -> dict[str, Any]:
         if self.multipart:
@@ -130,6 +133,7 @@ async def _send(
     """Status (or exception name) and whether the server answered at all."""
     try:
         for attempt in (1, 2):
+            sent_key = target.headers.get("Authorization")
             async with session.post(
                 target.url,
                 timeout=aiohttp.ClientTimeout(total=timeout),
@@ -137,7 +141,7 @@ async def _send(
             ) as response:
                 body = await response.read()
                 refused_key = response.status in (400, 401) and b"Token" in body
-                if attempt == 1 and refused_key and target.renew_key():
+                if attempt == 1 and refused_key and target.renew_key(sent_key):
                     continue
                 return str(response.status), True
         raise AssertionError("unreachable")

@@ -313,9 +313,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def run(spec: LoadTestSpec, client: TorchServeClient) -> dict[str, Any]:
+def run(
+    spec: LoadTestSpec, client: TorchServeClient, key_file: Path | None = None
+) -> dict[str, Any]:
     """Run every step of `spec` against the client's server; the report, also written to
-    spec.out (loadtest.json, .csv, .png)."""
+    spec.out (loadtest.json, .csv, .png). With `key_file`, a key the server refuses mid-run
+    (renewed, rotated) is re-read from it."""
     url = f"{client.endpoints.inference}/predictions/{spec.model}"
     loadgen.ensure_loopback(url, spec.allow_remote)
     good = uploads_from_folder(spec.images) if spec.images else upload_mix()
@@ -323,7 +326,7 @@ def run(spec: LoadTestSpec, client: TorchServeClient) -> dict[str, Any]:
         raise loadgen.LoadError(f"no images found in {spec.images}")
     uploads = mixed(good, spec.bad_share)
     target = loadgen.Target(
-        url, client.headers("inference"), multipart=spec.multipart, key_file=client.key_file
+        url, client.headers("inference"), multipart=spec.multipart, key_file=key_file
     )
     report: dict[str, Any] = {
         "model": spec.model,
@@ -382,7 +385,7 @@ def run(spec: LoadTestSpec, client: TorchServeClient) -> dict[str, Any]:
         ab = apache_bench(url, client.headers("inference"), jpeg, concurrency, spec.cross_check_ab)
         ours = loadgen.run(
             loadgen.closed_loop(
-                loadgen.Target(url, client.headers("inference"), key_file=client.key_file),
+                loadgen.Target(url, client.headers("inference"), key_file=key_file),
                 [jpeg],
                 concurrency,
                 duration=spec.duration_s,

@@ -218,7 +218,6 @@ class TorchServeClient:
     def renew_key(self, kind: str) -> None:
         """Ask TorchServe for a new inference or management key (it rewrites the key file;
         the old key stops working); uses the API key, as TorchServe requires."""
-        self._tokens = read_tokens(self.run_dir) if self.run_dir else self._tokens
         response = self.request(
             "management", "POST", "/token", params={"type": kind}, headers=self.headers("API")
         )

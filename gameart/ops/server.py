@@ -23,8 +23,14 @@ from typing import Any
 
 import psutil
 
-from gameart.ops.client import KEY_FILE, SERVER_FILE, TorchServeClient, TorchServeError
-from gameart.ops.environment import find_java
+from gameart.ops.client import (
+    KEY_FILE,
+    SERVER_FILE,
+    TorchServeClient,
+    TorchServeError,
+    read_tokens,
+)
+from gameart.ops.environment import EnvironmentProblem, find_java
 from gameart.ops.ports import free_ports
 from gameart.ops.properties import absolute_paths, effective_config, read_properties
 from gameart.paths import CONFIG, LOG_CONFIG, MODEL_STORE, RUN_DIR, venv_program
@@ -85,6 +91,21 @@ class RunningServer:
     def stop(self) -> bool:
         return stop_server(self.run_dir)
 
+    def describe(self) -> str:
+        """What a person needs once it is up: READY workers, addresses, where the keys are."""
+        lines = ["ready:"]
+        lines += [f"  {name}: {ready} worker(s) READY" for name, ready in self.ready.items()]
+        endpoints = self.client.endpoints
+        lines += [
+            f"inference  {endpoints.inference}",
+            f"management {endpoints.management}",
+            f"metrics    {endpoints.metrics}/metrics",
+        ]
+        if read_tokens(self.run_dir):
+            key_file = self.run_dir / KEY_FILE
+            lines.append(f"tokens     {key_file}  (python scripts/serve.py token inference)")
+        return "\n".join(lines)
+
     def __enter__(self) -> RunningServer:
         return self
 
@@ -128,7 +149,10 @@ def start_server(spec: ServerSpec) -> RunningServer:
 
 
 def _start_once(spec: ServerSpec, overrides: Mapping[str, str]) -> RunningServer:
-    find_java()
+    try:
+        find_java()
+    except EnvironmentProblem as exc:
+        raise ServeError(str(exc)) from exc
     run_dir = spec.run_dir.resolve()
     if (pid := recorded_pid(run_dir)) is not None:
         raise ServeError(

@@ -198,25 +198,27 @@ def build_archive(spec: ArchiveSpec) -> Path:
 
 def fingerprint(spec: ArchiveSpec) -> str:
     """sha256 of everything an archive of `spec` is made from: its settings, the export's
-    metadata and model file, and the handler and modelspec code. Equal fingerprints mean an
-    existing .mar is current; editing handler/ changes it."""
+    metadata and model file, and every file of handler/ and modelspec/ that goes into it.
+    Equal fingerprints mean an existing .mar is current; editing handler/ changes it."""
     meta = ModelMeta.load(spec.export_dir)
-    digest = hashlib.sha256(yaml.safe_dump(spec.model_config(), sort_keys=True).encode())
-    digest.update(spec.name.encode() if spec.name else b"")
-    inputs = [
-        spec.export_dir / META_FILENAME,
-        spec.export_dir / meta.model_file(spec.backend, spec.precision),
-    ]
-    for name in PACKAGES:
-        inputs += sorted(
-            p for p in (REPO_ROOT / name).rglob("*.py") if "__pycache__" not in p.parts
-        )
-    for path in inputs:
-        digest.update(
-            str(
-                path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path.name
-            ).encode()
-        )
+    settings = {
+        "config": spec.model_config(),
+        "name": spec.name or meta.name,
+        "version": spec.version,
+        "format": spec.archive_format,
+    }
+    digest = hashlib.sha256(yaml.safe_dump(settings, sort_keys=True).encode())
+    model_file = spec.export_dir / meta.model_file(spec.backend, spec.precision)
+    inputs = [("meta", spec.export_dir / META_FILENAME), ("model", model_file)]
+    for package_name in PACKAGES:
+        root = REPO_ROOT / package_name
+        inputs += [
+            (str(path.relative_to(REPO_ROOT)), path)
+            for path in sorted(root.rglob("*"))
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        ]
+    for label, path in inputs:  # the same files _stage_code copies, plus the model's
+        digest.update(label.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

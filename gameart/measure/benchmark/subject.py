@@ -60,7 +60,7 @@ def prepare_subject(
 
 def _export(checkpoint: Path, out: Path, model: str, num_classes: int, fp16: bool) -> None:
     """The export step on the checkpoint: int8 always, fp16 + AOTInductor for a GPU."""
-    from export.cli import ExportError, export_model
+    from export.cli import EXPORT_ERRORS, export_model
     from export.spec import ExportSpec
 
     spec = ExportSpec(
@@ -75,5 +75,5 @@ def _export(checkpoint: Path, out: Path, model: str, num_classes: int, fp16: boo
     )
     try:
         export_model(spec)
-    except (ExportError, ValueError) as exc:
+    except EXPORT_ERRORS as exc:
         raise SystemExit(f"export of the benchmark subject failed: {exc}") from exc
