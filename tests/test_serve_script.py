@@ -209,3 +209,38 @@ def test_start_survives_a_port_taken_before_torchserve_binds_it(
             running.stop()
     finally:
         squatter.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ("disable_token_authorization=true", "cannot be overridden"),
+        ("job_queue_size=5\ndisable_token_authorization=true", "one line each"),
+        ("allowed_urls=https://.*", "cannot be overridden"),
+        ("management_address=http://0.0.0.0:8081", "must stay on loopback"),
+        ("metrics_address=http://10.0.0.1:8082", "must stay on loopback"),
+    ],
+)
+def test_start_refuses_overrides_that_open_the_server(tmp_path, capsys, setting, why):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "x.mar").write_bytes(b"")  # never reached: refused before start
+    argv = ["--run-dir", str(tmp_path / "run"), "start", "--model-store", str(tmp_path / "store")]
+    assert serve_cli.main([*argv, "--set", setting]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and why in err
+    assert not (tmp_path / "run").exists()  # nothing was started or written
+
+
+def test_the_overrides_the_project_uses_are_allowed():
+    from gameart.ops.properties import checked_overrides
+    from gameart.ops.server import free_port_overrides
+
+    allowed = {
+        **free_port_overrides(),
+        "inference_address": "http://0.0.0.0:8080",  # the container opens inference only
+        "management_address": "http://[::1]:8081",
+        "token_expiration_min": "1",
+        "enable_model_api": "true",
+        "job_queue_size": "1024",
+    }
+    assert checked_overrides(allowed) == allowed

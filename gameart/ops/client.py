@@ -136,6 +136,7 @@ class TorchServeClient:
         self.timeout = timeout
         self.session = requests.Session()
         self._tokens = read_tokens(self.run_dir) if self.run_dir else {}
+        self._pinned: set[str] = set()  # APIs whose key was given by hand: never re-read
 
     @classmethod
     def from_run_dir(cls, run_dir: Path = RUN_DIR, timeout: float = 30.0) -> TorchServeClient:
@@ -156,6 +157,7 @@ class TorchServeClient:
     def set_token(self, api: str, token: str) -> None:
         """Use this token for `api` (inference, management, API) instead of the key file's."""
         self._tokens[api] = token
+        self._pinned.add(api)
 
     def headers(self, api: str) -> dict[str, str]:
         token = self._tokens.get(api)
@@ -168,11 +170,32 @@ class TorchServeClient:
         headers = {**self.headers(api), **explicit}
         response = self.session.request(method, base + path, headers=headers, **kwargs)
         rejected = response.status_code in (400, 401) and "Token" in response.text
-        if rejected and self.run_dir and "Authorization" not in explicit:
-            self._tokens = read_tokens(self.run_dir)  # rotated or regenerated: retry once
+        if (
+            rejected
+            and self.run_dir
+            and api not in self._pinned
+            and "Authorization" not in explicit
+        ):
+            self._reread_tokens(api, refused=headers.get("Authorization"))  # renewed: retry once
             headers.update(self.headers(api))
             response = self.session.request(method, base + path, headers=headers, **kwargs)
         return response
+
+    def _reread_tokens(self, api: str, refused: str | None, wait_s: float = 2.0) -> None:
+        """The key file's keys, waiting (briefly) for a key other than the refused one: the
+        server takes a renewed key before it has rewritten the file."""
+        assert self.run_dir is not None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                tokens = read_tokens(self.run_dir)
+            except (OSError, ValueError):  # being rewritten
+                tokens = {}
+            fresh = tokens.get(api) and f"Bearer {tokens[api]}" != refused
+            if fresh or time.monotonic() > deadline:
+                self._tokens = {**self._tokens, **tokens}
+                return
+            time.sleep(0.05)
 
     # ---- inference API ---------------------------------------------------------------------
     def ping(self) -> bool:

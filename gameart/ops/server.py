@@ -7,6 +7,7 @@ benchmarks can run their own instance beside a demo server without clashing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,8 +32,14 @@ from gameart.ops.client import (
     read_tokens,
 )
 from gameart.ops.environment import EnvironmentProblem, find_java
+from gameart.ops.keys import token_authorisation_on
 from gameart.ops.ports import free_ports
-from gameart.ops.properties import absolute_paths, effective_config, read_properties
+from gameart.ops.properties import (
+    absolute_paths,
+    checked_overrides,
+    effective_config,
+    read_properties,
+)
 from gameart.paths import CONFIG, LOG_CONFIG, MODEL_STORE, RUN_DIR, venv_program
 
 PORT_ATTEMPTS = 3  # a free port can be taken by another process before TorchServe binds it
@@ -137,6 +144,7 @@ def start_server(spec: ServerSpec) -> RunningServer:
 
     With `free_ports`, a port lost to another process between the check and TorchServe's
     bind is not a failure: the server is started again on new ports."""
+    checked_overrides(spec.overrides)
     attempts = PORT_ATTEMPTS if spec.free_ports else 1
     for attempt in range(1, attempts + 1):
         overrides = {**free_port_overrides(), **spec.overrides} if spec.free_ports else {}
@@ -220,7 +228,29 @@ def _start_once(spec: ServerSpec, overrides: Mapping[str, str]) -> RunningServer
         raise ServeError(
             f"{exc}; stopped the server. Log tail:\n" + _log_tail(run_dir / "logs" / "ts_log.log")
         ) from exc
+    renewer = start_key_renewer(run_dir, pid)
+    if renewer is not None:
+        server_file = run_dir / SERVER_FILE
+        record = json.loads(server_file.read_text())
+        server_file.write_text(json.dumps({**record, "key_renewer_pid": renewer}, indent=2))
     return RunningServer(spec, run_dir, pid, client, state)
+
+
+def start_key_renewer(run_dir: Path, server_pid: int) -> int | None:
+    """TorchServe never renews its keys: a process beside it does, until the server exits
+    (gameart/ops/keys.py); its pid, or None when token authorisation is off."""
+    if not token_authorisation_on(run_dir / "config.properties"):
+        return None
+    command = [sys.executable, "-m", "gameart.cli.renew_keys", "--run-dir", str(run_dir)]
+    with open(run_dir / "logs" / "key_renewal.log", "a") as log:
+        process = subprocess.Popen(
+            [*command, "--pid", str(server_pid)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives `serve.py start`; ends with the server
+        )
+    return process.pid
 
 
 def _lost_a_port(run_dir: Path) -> bool:
@@ -321,6 +351,10 @@ def stop_server(run_dir: Path, timeout: float = 60.0) -> bool:
         family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
+    renewer = json.loads((run_dir / SERVER_FILE).read_text()).get("key_renewer_pid")
+    if renewer and psutil.pid_exists(renewer):
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(renewer).terminate()  # it would exit with the server anyway
     subprocess.run(
         [torchserve_command(), "--stop"],
         cwd=run_dir,
