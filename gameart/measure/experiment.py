@@ -25,7 +25,6 @@ from gameart.measure import loadgen
 from gameart.measure.gpu_probe import describe as describe_gpus
 from gameart.measure.plotting import Curve, throughput_and_p99
 from gameart.measure.uploads import upload_mix
-from gameart.ops.client import KEY_FILE
 from gameart.ops.server import RunningServer, ServerSpec, start_server
 from gameart.paths import REPO_ROOT
 from gameart.pipeline.archive import ArchiveSpec, build_archive
@@ -105,12 +104,7 @@ def serve(store: Path, run_dir: Path, overrides: dict[str, str] | None = None) -
 
 def target(server: RunningServer, model: str) -> loadgen.Target:
     """`model`'s predictions URL with the inference key (re-read if the server renews it)."""
-    client = server.client
-    return loadgen.Target(
-        f"{client.endpoints.inference}/predictions/{model}",
-        client.headers("inference"),
-        key_file=server.run_dir / KEY_FILE,
-    )
+    return loadgen.Target.for_model(server.client, model)
 
 
 def measure(server: RunningServer, model: str, concurrency: int, plan: Plan, **labels) -> dict:

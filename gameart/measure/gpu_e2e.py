@@ -32,7 +32,6 @@ from gameart.measure import grpc_load as ts_grpc
 from gameart.measure import loadgen
 from gameart.measure.gpu_probe import GpuSampler
 from gameart.measure.uploads import Upload, cover_uploads
-from gameart.ops.client import KEY_FILE
 from gameart.ops.server import RunningServer, ServerSpec, start_server
 from gameart.paths import REPO_ROOT
 from modelspec.meta import ModelMeta
@@ -208,11 +207,7 @@ def run(setup: Setup) -> dict[str, Any]:
             if not (store / f"{handler}.mar").exists():
                 continue
             targets = {
-                "http": loadgen.Target(
-                    f"{client.endpoints.inference}/predictions/{handler}",
-                    client.headers("inference"),
-                    key_file=server.run_dir / KEY_FILE,
-                ),
+                "http": loadgen.Target.for_model(client, handler),
                 "grpc": ts_grpc.GrpcTarget(server.grpc_inference_address, handler, token),
             }
             for protocol, concurrency in itertools.product(setup.protocols, setup.concurrencies):

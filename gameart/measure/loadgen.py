@@ -25,7 +25,7 @@ import aiohttp
 import numpy as np
 
 from gameart.measure.uploads import Upload
-from gameart.ops.client import read_tokens
+from gameart.ops.client import TorchServeClient, read_tokens
 
 
 class LoadError(RuntimeError):
@@ -99,6 +99,13 @@ class Target:
     # TorchServe's key file: when the server refuses the key (renewed or rotated mid-run), the
     # key is re-read from here and the request sent once more, as TorchServeClient does
     key_file: Path | None = None
+
+    @classmethod
+    def for_model(cls, client: TorchServeClient, model: str, multipart: bool = False) -> Target:
+        """`model` on the client's server, with its inference key and the key file to re-read
+        when the server renews it."""
+        url = f"{client.endpoints.inference}/predictions/{model}"
+        return cls(url, client.headers("inference"), multipart, client.key_file)
 
     def renew_key(self, refused: str | None) -> bool:
         """After the server refused the key `refused` (an Authorization header): take the key

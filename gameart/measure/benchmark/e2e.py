@@ -119,9 +119,7 @@ def bench_e2e(
     with start_server(server_spec) as server:
         client = server.client
         for name, (handler, batching) in models.items():
-            target = loadgen.Target(
-                f"{client.endpoints.inference}/predictions/{name}", client.headers("inference")
-            )
+            target = loadgen.Target.for_model(client, name)
             for concurrency in plan.concurrencies:
                 result = loadgen.measure_closed_loop(
                     target,
