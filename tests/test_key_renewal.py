@@ -31,9 +31,11 @@ def test_nothing_good_is_refused_over_three_key_lifetimes(tmp_path, exported_sma
     torchserve.archive(exported_small.out_dir, store, "small", "onnx")
     server = torchserve.start(tmp_path / "run", store, f"token_expiration_min={LIFETIME_MIN}")
     run_dir = str(server.run_dir)
-    first = read_tokens(server.run_dir)
-    renewer_pid = json.loads((server.run_dir / SERVER_FILE).read_text()).get("key_renewer_pid")
+    renewer_pid = None
     try:
+        first = read_tokens(server.run_dir)
+        record = json.loads((server.run_dir / SERVER_FILE).read_text())
+        renewer_pid = record.get("key_renewer_pid")
         # long-lived clients, as a user's service would hold them: each read the key once
         client = TorchServeClient.from_run_dir(server.run_dir)
         url = f"{client.endpoints.inference}/predictions/small"
