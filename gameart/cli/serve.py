@@ -18,7 +18,7 @@ from gameart.ops.environment import EnvironmentProblem
 from gameart.ops.server import (
     ServeError,
     ServerSpec,
-    health_problem,
+    check_health,
     recorded_pid,
     serve_in_foreground,
     start_server,
@@ -65,12 +65,11 @@ def status(args: argparse.Namespace) -> int:
 
 def health(args: argparse.Namespace) -> int:
     """Exit 0 only when the server answers /ping and every model has a READY worker."""
-    problem = health_problem(args.run_dir)
-    if problem:
-        print(f"unhealthy: {problem}")
+    state = check_health(args.run_dir)
+    if state.problem:
+        print(f"unhealthy: {state.problem}")
         return 1
-    ready = TorchServeClient.from_run_dir(args.run_dir.resolve(), timeout=5).ready_models()
-    print(f"healthy: READY workers per model {ready}")
+    print(f"healthy: READY workers per model {dict(state.ready)}")
     return 0
 
 

@@ -117,13 +117,19 @@ class Endpoints:
         )
 
 
-def read_tokens(run_dir: Path) -> dict[str, str]:
-    """{"inference": ..., "management": ..., "API": ...}; empty when token auth is off."""
+def key_entries(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """TorchServe's key file as it stands: {"inference": {"key", "expiration time"}, ...};
+    empty when token auth is off."""
     path = Path(run_dir) / KEY_FILE
     if not path.is_file():
         return {}
-    keys = json.loads(path.read_text())
-    return {kind: entry["key"] for kind, entry in keys.items() if isinstance(entry, dict)}
+    entries = json.loads(path.read_text())
+    return {kind: entry for kind, entry in entries.items() if isinstance(entry, dict)}
+
+
+def read_tokens(run_dir: Path) -> dict[str, str]:
+    """{"inference": ..., "management": ..., "API": ...}; empty when token auth is off."""
+    return {kind: entry["key"] for kind, entry in key_entries(run_dir).items()}
 
 
 class TorchServeClient:
@@ -291,11 +297,7 @@ class TorchServeClient:
     def ready_models(self, expected: Iterable[str] | None = None) -> dict[str, int]:
         """{model: READY workers}, for every model or just the expected ones."""
         names = list(expected) if expected else self.models()
-        ready = {}
-        for name in names:
-            workers = self.describe(name).get("workers", [])
-            ready[name] = sum(1 for w in workers if w.get("status") == "READY")
-        return ready
+        return {name: self.status(name).ready_workers for name in names}
 
     def wait_until_ready(
         self, expected_count: int, timeout: float, poll: float = 0.5, alive=lambda: None
@@ -309,12 +311,9 @@ class TorchServeClient:
             try:
                 names = self.models()
                 if len(names) >= expected_count:
-                    descriptions = [self.describe(n) for n in names]
-                    state = {d["modelName"]: _ready_count(d) for d in descriptions}
-                    if all(
-                        state[d["modelName"]] >= max(1, d.get("minWorkers", 1))
-                        for d in descriptions
-                    ):
+                    statuses = [self.status(n) for n in names]
+                    state = {s.name: s.ready_workers for s in statuses}
+                    if all(s.ready_workers >= max(1, s.min_workers) for s in statuses):
                         return state
                     last_state = state
                 else:
@@ -337,10 +336,6 @@ def prometheus_value(text: str, metric: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             total += float(match.group(2))
     return total
-
-
-def _ready_count(description: dict[str, Any]) -> int:
-    return sum(1 for w in description.get("workers", []) if w.get("status") == "READY")
 
 
 def _raise_for(response: requests.Response, action: str) -> None:

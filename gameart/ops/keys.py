@@ -11,14 +11,13 @@ project's clients re-read it when a key is refused.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 
-from gameart.ops.client import KEY_FILE, TorchServeClient, TorchServeError
+from gameart.ops.client import TorchServeClient, TorchServeError, key_entries
 from gameart.ops.properties import read_properties
 
 RENEWED_KINDS = ("inference", "management")
@@ -39,13 +38,9 @@ def token_authorisation_on(config: Path) -> bool:
 
 def expiries(run_dir: Path) -> dict[str, dt.datetime]:
     """When each key in the key file expires (empty when token authorisation is off)."""
-    path = run_dir / KEY_FILE
-    if not path.is_file():
-        return {}
     found = {}
-    for kind, entry in json.loads(path.read_text()).items():
-        stamp = entry.get("expiration time") if isinstance(entry, dict) else None
-        if stamp:
+    for kind, entry in key_entries(run_dir).items():
+        if stamp := entry.get("expiration time"):
             found[kind] = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     return found
 

@@ -147,9 +147,9 @@ def start_server(spec: ServerSpec) -> RunningServer:
     checked_overrides(spec.overrides)
     attempts = PORT_ATTEMPTS if spec.free_ports else 1
     for attempt in range(1, attempts + 1):
-        overrides = {**free_port_overrides(), **spec.overrides} if spec.free_ports else {}
+        ports = free_port_overrides() if spec.free_ports else {}
         try:
-            return _start_once(spec, {**spec.overrides, **overrides})
+            return _start_once(spec, {**ports, **spec.overrides})
         except ServeError:
             if attempt == attempts or not _lost_a_port(spec.run_dir.resolve()):
                 raise
@@ -371,15 +371,21 @@ def stop_server(run_dir: Path, timeout: float = 60.0) -> bool:
     return True
 
 
-def health_problem(run_dir: Path) -> str | None:
-    """None when the server answers /ping and every model has a READY worker, else why not."""
+@dataclass(frozen=True)
+class Health:
+    problem: str | None  # None: /ping answers and every model has a READY worker
+    ready: Mapping[str, int] = field(default_factory=dict)  # READY workers per model
+
+
+def check_health(run_dir: Path) -> Health:
+    """What the HEALTHCHECK asks: the server answers /ping and every model has a READY worker."""
     run_dir = run_dir.resolve()
     if recorded_pid(run_dir) is None:
-        return f"no server running from {run_dir}"
+        return Health(f"no server running from {run_dir}")
     client = TorchServeClient.from_run_dir(run_dir, timeout=5)
     if not client.ping():
-        return "/ping did not answer Healthy"
+        return Health("/ping did not answer Healthy")
     ready = client.ready_models()
     if not ready or min(ready.values()) < 1:
-        return f"READY workers per model {ready}"
-    return None
+        return Health(f"READY workers per model {ready}", ready)
+    return Health(None, ready)
