@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -99,5 +101,51 @@ class HandlerConfig:
         --max-workers you will scale to, see docs/configuration.md)."""
         if self.intra_op_threads > 0:
             return self.intra_op_threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, (cores or 1) // max(1, workers_on_host))
+        return max(1, usable_cores() // max(1, workers_on_host))
+
+
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a
+    container's CPU limit, e.g. Kubernetes `limits.cpu`, rounded up). os.cpu_count() sees the
+    node's cores: 64 threads per worker in a 2-CPU pod would mostly wait for the quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cores or 1, math.ceil(quota) if quota else cores or 1))
+
+
+def cgroup_cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup's quota (v2 cpu.max, or v1 cfs_quota/period); None: none."""
+    try:
+        v2 = cgroup_root / "cpu.max"
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = cgroup_root / "cpu" / "cpu.cfs_quota_us"
+        if v1.is_file():
+            quota_us = int(v1.read_text())
+            period_us = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+            return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def live_workers_on_host(frontend_pid: int | None = None, model_dir: str | None = None) -> int:
+    """This model's TorchServe workers running under the frontend (by default this worker's
+    parent), this one included; 1 when that cannot be told. TorchServe starts each worker in
+    its model's directory, so the working directory tells the models apart."""
+    try:
+        import psutil  # a TorchServe dependency
+
+        children = psutil.Process(frontend_pid or os.getppid()).children()
+    except Exception:  # a count is a sizing hint, never a reason to fail a load
+        return 1
+    model_dir = model_dir or os.getcwd()
+    count = 0
+    for child in children:
+        try:
+            is_worker = any("model_service_worker" in part for part in child.cmdline())
+            count += is_worker and child.cwd() == model_dir
+        except Exception:  # exited, a zombie, or not ours to read: not counted
+            continue
+    return max(1, count)

@@ -9,12 +9,17 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+OIP = "oip"  # the Open Inference Protocol (KServe v2) envelope, see handler/inputs.py
+
 
 class RequestError(Exception):
     """Base: an error that fails one request of a batch, never the batch."""
 
     status: int = 400
     kind: str = "BadRequest"
+    # The envelope the request came in ("" or OIP), once known: an Open Inference
+    # Protocol client reads the message from an "error" field.
+    protocol: str = ""
 
     def __init__(self, message: str, *, status: int | None = None, kind: str | None = None):
         super().__init__(message)
@@ -30,7 +35,8 @@ class RequestError(Exception):
         return HTTPStatus(self.status).phrase
 
     def body(self) -> dict[str, Any]:
-        return {"code": self.status, "type": self.kind, "message": self.message}
+        ours = {"code": self.status, "type": self.kind, "message": self.message}
+        return {"error": self.message, **ours} if self.protocol == OIP else ours
 
 
 class EmptyInput(RequestError):

@@ -4,6 +4,8 @@ TorchServe hands the handler one dict per request:
 - raw body (`curl -T img.jpg` or `--data-binary` with an image Content-Type): {"body": bytes}
 - multipart form (`curl -F data=@img.jpg -F top_k=5`): {"data": bytes, "top_k": b"5"}
 - JSON (`{"image": "<base64>", "top_k": 5}`) and text/* (base64, data: URIs): {"body": bytes}
+- the Open Inference Protocol (KServe v2, `POST /v2/models/{model}/infer`): JSON with
+  `{"inputs": [{"name", "shape": [1], "datatype": "BYTES", "data": ["<base64>"]}]}`
 
 The worker would parse JSON bodies itself, before the handler could bound them (a body nested
 200 000 deep costs its parser a RecursionError; 200 000 keys cost it a second); the handler
@@ -15,12 +17,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from handler.errors import EmptyInput, InvalidInput, JSONTooComplex, PayloadTooLarge, TooManyParts
+from handler.errors import (
+    OIP,
+    EmptyInput,
+    InvalidInput,
+    JSONTooComplex,
+    PayloadTooLarge,
+    RequestError,
+    TooManyParts,
+)
 
 # Field names that may carry the image, in order of preference.
 IMAGE_FIELDS = ("data", "file", "image", "body", "img", "b64", "image_base64", "instances")
@@ -34,9 +45,14 @@ JSON_TYPE, OCTET_STREAM = "application/json", "application/octet-stream"
 _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \t\r\n"
 
 
+OIP_DATATYPE = "BYTES"
+
+
 @dataclass(frozen=True)
 class RequestOptions:
     top_k: int | None = None
+    protocol: str = ""  # "" for this project's formats, OIP for KServe v2 requests
+    request_id: str | None = None  # an OIP request's "id", echoed in its answer
 
 
 def _as_text(value: Any) -> str:
@@ -88,6 +104,8 @@ def _from_json(document: Any, max_bytes: int, depth: int = 0) -> tuple[bytes, Re
         return decode_base64(document, max_bytes), RequestOptions()
     if not isinstance(document, Mapping):
         raise InvalidInput('JSON body must be an object like {"image": "<base64>"}')
+    if depth == 0 and "inputs" in document:
+        return _from_oip(document, max_bytes)
     if len(document) > MAX_FIELDS:
         raise JSONTooComplex(f"JSON object has {len(document)} keys; at most {MAX_FIELDS}")
     options = RequestOptions(top_k=_parse_top_k(document["top_k"]) if "top_k" in document else None)
@@ -99,6 +117,48 @@ def _from_json(document: Any, max_bytes: int, depth: int = 0) -> tuple[bytes, Re
             # {"instances": [{"b64": ...}]} and {"data": {"b64": ...}} styles
             return _from_json(value, max_bytes, depth + 1)[0], options
     raise InvalidInput(f"JSON body has no base64 image; put it in one of {list(IMAGE_FIELDS[:4])}")
+
+
+def _from_oip(document: Mapping[str, Any], max_bytes: int) -> tuple[bytes, RequestOptions]:
+    """An Open Inference Protocol request: one BYTES input holding one base64 image.
+
+    One image per request, as in every other format: TorchServe batches requests, and one
+    request's bad image must cost only that request. Errors answer in the protocol's format."""
+    try:
+        return _parse_oip(document, max_bytes)
+    except RequestError as error:
+        error.protocol = OIP
+        raise
+
+
+def _parse_oip(document: Mapping[str, Any], max_bytes: int) -> tuple[bytes, RequestOptions]:
+    inputs = document["inputs"]
+    if not isinstance(inputs, list) or len(inputs) != 1:
+        count = len(inputs) if isinstance(inputs, list) else "no list of"
+        raise InvalidInput(f"OIP request needs exactly one input tensor, got {count}")
+    tensor = inputs[0]
+    if not isinstance(tensor, Mapping):
+        raise InvalidInput("OIP input must be an object with name, shape, datatype and data")
+    if tensor.get("datatype") != OIP_DATATYPE:
+        datatype = tensor.get("datatype")
+        raise InvalidInput(f'OIP input datatype must be "BYTES", got {datatype!r:.20}')
+    data = tensor.get("data")
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
+        data = data[0]  # [["<base64>"]]: the row-major form some clients send for shape [1, 1]
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], str):
+        raise InvalidInput('OIP input data must hold one base64 image: "data": ["<base64>"]')
+    shape = tensor.get("shape", [1])
+    if not isinstance(shape, list) or shape not in ([1], [1, 1]):
+        raise InvalidInput(f"OIP input shape must be [1] (one image a request), got {shape!r:.20}")
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, Mapping):
+        raise InvalidInput("OIP parameters must be an object")
+    top_k = _parse_top_k(parameters["top_k"]) if "top_k" in parameters else None
+    request_id = document.get("id")
+    options = RequestOptions(
+        top_k=top_k, protocol=OIP, request_id=None if request_id is None else str(request_id)
+    )
+    return decode_base64(data[0], max_bytes), options
 
 
 def _parse_json(raw: bytes, max_bytes: int) -> Any:
@@ -164,7 +224,7 @@ def _extract(
 
     if isinstance(value, (Mapping, list)):  # JSON the worker parsed (if its decoding is on)
         image, options = _from_json(value, max_bytes)
-        return image, RequestOptions(top_k=options.top_k or top_k)
+        return image, dataclasses.replace(options, top_k=options.top_k or top_k)
     if isinstance(value, str):
         return decode_base64(value, max_bytes), RequestOptions(top_k=top_k)
     if not isinstance(value, (bytes, bytearray)):
@@ -176,7 +236,7 @@ def _extract(
         return raw, RequestOptions(top_k=top_k)
     if content_type == JSON_TYPE or _looks_like_json(raw):
         image, options = _from_json(_parse_json(raw, max_bytes), max_bytes)
-        return image, RequestOptions(top_k=options.top_k or top_k)
+        return image, dataclasses.replace(options, top_k=options.top_k or top_k)
     if content_type.startswith("text/") or raw.startswith(b"data:"):
         text = raw.decode("ascii", errors="replace")
         return decode_base64(text, max_bytes), RequestOptions(top_k=top_k)

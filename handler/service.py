@@ -12,6 +12,7 @@ Each item's status and JSON body go back through context.set_response_status.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -28,12 +29,12 @@ import torch
 from handler.allocator import keep_freed_memory
 from handler.backends import Backend, load_backend, select_device
 from handler.cache import RedisCache, image_key, model_identity
-from handler.config import HandlerConfig
+from handler.config import HandlerConfig, live_workers_on_host
 from handler.decode import Inspected, decode_inspected, inspect_image
-from handler.errors import RequestError, ServerError
+from handler.errors import OIP, RequestError, ServerError
 from handler.gpu_decode import BatchJpegDecoder, decode_eligibility, serves_model
 from handler.inputs import extract_image
-from handler.postprocess import answer, probabilities
+from handler.postprocess import answer, oip_answer, probabilities
 from handler.stage_metrics import StageClock
 from modelspec.imaging import Normalizer, resize_crop
 from modelspec.meta import META_FILENAME, ModelMeta
@@ -54,6 +55,8 @@ class Item:
     index: int = 0
     content_type: str = ""  # the HTTP request's, which says how to read its body
     top_k: int = 0
+    protocol: str = ""  # inputs.OIP: answered in the Open Inference Protocol's format
+    request_id: str | None = None
     image: bytes = b""
     cache_key: str = ""
     inspected: Inspected | None = None  # the header, once it passed every check
@@ -81,6 +84,7 @@ class ImageClassifierService:
         self.cache: RedisCache | None = None
         self.model_key = ""
         self.served_name = ""  # the name clients use; set by initialize
+        self.model_version = ""
         self._errors_reported = 0
 
     # ---- load ------------------------------------------------------------------------------
@@ -95,6 +99,7 @@ class ImageClassifierService:
         self.meta = ModelMeta.load(model_dir)
         # metrics carry the name clients use, which may differ from the export's name
         self.served_name = getattr(context, "model_name", None) or self.meta.name
+        self.model_version = str(context.manifest["model"].get("modelVersion", ""))
         model_file = model_dir / context.manifest["model"]["serializedFile"]
         workers = max(int(yaml_config.get("maxWorkers", 1)), live_workers_on_host())
         threads = self.config.resolved_threads(workers)
@@ -215,6 +220,7 @@ class ImageClassifierService:
         """The image bytes and options of one request."""
         item.image, options = extract_image(request, self.config.max_image_bytes, item.content_type)
         item.top_k = options.top_k or self.config.top_k
+        item.protocol, item.request_id = options.protocol, options.request_id
 
     def lookup(self, items: list[Item]) -> int:
         """Answer what the cache already knows; returns how many it did."""
@@ -315,6 +321,9 @@ class ImageClassifierService:
 
     def build_answer(self, item: Item) -> None:
         item.body = answer(item.probabilities, self.meta.class_names, item.top_k)
+        if item.protocol == OIP:
+            name, version = self.served_name or self.meta.name, self.model_version
+            item.body = oip_answer(item.body, name, version, item.request_id)
 
     def answer(self, item: Item, context: Any) -> str:
         """The item's JSON answer or error; its status and content type on the context."""
@@ -322,6 +331,11 @@ class ImageClassifierService:
             self.guarded(item, "answer", self.build_answer)
         if item.error is not None:
             context.set_response_status(item.error.status, item.error.reason_phrase, item.index)
+            if item.protocol == OIP and item.error.protocol != OIP:
+                # a later stage's error, in the request's format; a copy, as one error may be
+                # shared by every item of a failed batch
+                item.error = copy.copy(item.error)
+                item.error.protocol = OIP
             body = item.error.body()
         else:
             body = item.body
@@ -377,24 +391,3 @@ def _server_error(exc: BaseException, where: str, model: bool = False) -> Server
     if model:
         return ServerError("inference failed on the server; see the model log")
     return ServerError("the server failed on this request; see the model log", kind="InternalError")
-
-
-def live_workers_on_host(frontend_pid: int | None = None, model_dir: str | None = None) -> int:
-    """This model's TorchServe workers running under the frontend (by default this worker's
-    parent), this one included; 1 when that cannot be told. TorchServe starts each worker in
-    its model's directory, so the working directory tells the models apart."""
-    try:
-        import psutil  # a TorchServe dependency
-
-        children = psutil.Process(frontend_pid or os.getppid()).children()
-    except Exception:  # a count is a sizing hint, never a reason to fail a load
-        return 1
-    model_dir = model_dir or os.getcwd()
-    count = 0
-    for child in children:
-        try:
-            is_worker = any("model_service_worker" in part for part in child.cmdline())
-            count += is_worker and child.cwd() == model_dir
-        except Exception:  # exited, a zombie, or not ours to read: not counted
-            continue
-    return max(1, count)

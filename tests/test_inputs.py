@@ -197,3 +197,56 @@ def test_fuzzed_raw_and_multipart_bodies_only_raise_request_errors(
     if top_k is not None:
         request["top_k"] = top_k
     _bounded(lambda: extract_image(request, LIMIT, content_type))
+
+
+# ---- the Open Inference Protocol (KServe v2) ------------------------------------------------
+def oip(data: object = None, **changes: object) -> bytes:
+    tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(IMAGE)]}
+    if data is not None:
+        tensor["data"] = data
+    document: dict = {"inputs": [tensor]}
+    for key, value in changes.items():
+        if key in tensor:
+            tensor[key] = value
+        else:
+            document[key] = value
+    return json.dumps(document).encode()
+
+
+def test_oip_request_carries_the_image_its_id_and_top_k():
+    body = oip(id="req-7", parameters={"top_k": 2})
+    image, options = extract_image({"body": bytearray(body)}, LIMIT, "application/json")
+    assert image == IMAGE
+    assert (options.protocol, options.request_id, options.top_k) == ("oip", "req-7", 2)
+    # [[...]] for shape [1, 1], and a body TorchServe parsed itself
+    image, options = extract_image({"body": json.loads(oip([[b64(IMAGE)]], shape=[1, 1]))}, LIMIT)
+    assert image == IMAGE and options.protocol == "oip" and options.request_id is None
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (oip(datatype="FP32"), "datatype"),
+        (oip([b64(IMAGE), b64(IMAGE)], shape=[2]), "one base64 image"),
+        (oip(shape=[2]), "shape"),
+        (oip([]), "one base64 image"),
+        (oip([3]), "one base64 image"),
+        (oip(["***not base64***"]), "base64"),
+        (oip(parameters={"top_k": 0}), "top_k"),
+        (json.dumps({"inputs": []}).encode(), "exactly one input"),
+        (json.dumps({"inputs": {"data": []}}).encode(), "exactly one input"),
+    ],
+)
+def test_bad_oip_requests_get_a_4xx_in_the_protocols_error_format(body, words):
+    with pytest.raises(RequestError) as caught:
+        extract_image({"body": bytearray(body)}, LIMIT, "application/json")
+    error = caught.value
+    assert 400 <= error.status < 500 and words in error.message
+    assert error.body()["error"] == error.message  # OIP clients read "error"
+    assert error.body()["type"] == error.kind  # ... and ours still says which 4xx
+
+
+def test_errors_of_other_formats_keep_their_shape():
+    with pytest.raises(RequestError) as caught:
+        extract_image({"body": bytearray(b'{"image": 5}')}, LIMIT, "application/json")
+    assert set(caught.value.body()) == {"code", "type", "message"}

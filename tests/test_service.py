@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from onnxruntime import get_available_providers as ort_providers
 
 from handler.backends import OnnxBackend, onnx_providers, select_device
-from handler.config import HandlerConfig
+from handler.config import HandlerConfig, cgroup_cpu_quota, usable_cores
 from handler.service import ImageClassifierService
 from tests.helpers import (
     PROBABILITY_TOLERANCE,
@@ -203,8 +204,7 @@ def test_threads_are_sized_for_the_workers_already_running(tmp_path):
     import subprocess
     import sys
 
-    from handler.config import HandlerConfig
-    from handler.service import live_workers_on_host
+    from handler.config import HandlerConfig, live_workers_on_host
 
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     ours.mkdir()
@@ -227,3 +227,26 @@ def test_threads_are_sized_for_the_workers_already_running(tmp_path):
     assert config.resolved_threads(1) == cores
     assert config.resolved_threads(cores * 2) == 1  # never zero
     assert HandlerConfig(intra_op_threads=3).resolved_threads(8) == 3
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),  # cgroup v2, no limit
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # limits.cpu: 1500m
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({}, None),
+    ],
+)
+def test_threads_follow_a_containers_cpu_limit(tmp_path, files, quota):
+    """A worker in a 1.5-CPU pod on a 64-core node sizes its pools for 2 cores, not 64."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == quota
+    cores = len(os.sched_getaffinity(0))
+    expected = min(cores, math.ceil(quota)) if quota else cores
+    assert usable_cores(tmp_path) == expected
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # one CPU: one thread, whatever the node
+    assert usable_cores(tmp_path) == 1

@@ -108,6 +108,63 @@ def test_one_bad_image_costs_only_its_own_request(server, exported):
     assert_answers_match(good_answers, reference(export, good), export.meta.class_names)
 
 
+def _oip_body(data: bytes, request_id: str, top_k: int | None = None) -> dict:
+    tensor = {"name": "image", "shape": [1], "datatype": "BYTES"}
+    tensor["data"] = [base64.b64encode(data).decode()]
+    body = {"id": request_id, "inputs": [tensor]}
+    return {**body, "parameters": {"top_k": top_k}} if top_k else body
+
+
+def test_open_inference_protocol_beside_the_other_formats(server, exported):
+    """KServe v2 requests at /v2/models/{model}/infer, in one batch with a raw request and a bad
+    OIP request: each gets its own answer in its own format, the bad one its own 400."""
+    export = exported["cover_genre"]
+    images = [path.read_bytes() for path in IMAGES[:3]]
+    client = server.client
+
+    def send(job):
+        path, kwargs = job
+        return client.request("inference", "POST", path, **kwargs)
+
+    v2 = "/v2/models/cover_genre/infer"
+    bad = {"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    jobs = [
+        (v2, {"json": _oip_body(images[0], "a")}),
+        (v2, {"json": bad}),
+        ("/predictions/cover_genre", raw(images[1])),
+        (v2, {"json": _oip_body(images[2], "c", top_k=5)}),
+    ]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(send, jobs))
+    assert [r.status_code for r in responses] == [200, 400, 200, 200], responses[1].text
+    assert "batch size=4 ok=3 rejected=1" in server.model_log()  # they travelled together
+    error = responses[1].json()
+    assert error["type"] == "InvalidInput" and "datatype" in error["error"]
+    first, _, plain, last = (r.json() for r in responses)
+    for body, request_id, k in ((first, "a", 3), (last, "c", 5)):
+        assert body["model_name"] == "cover_genre" and body["model_version"] == "1.0"
+        assert body["id"] == request_id
+        names = [output["name"] for output in body["outputs"]]
+        assert names == ["label", "top_k_labels", "top_k_probabilities"]
+        assert [output["shape"] for output in body["outputs"]] == [[1], [1, k], [1, k]]
+    as_ours = [
+        {
+            "label": body["outputs"][0]["data"][0],
+            "confidence": body["outputs"][2]["data"][0],
+            "top_k": [
+                {"label": label, "probability": probability}
+                for label, probability in zip(
+                    body["outputs"][1]["data"], body["outputs"][2]["data"], strict=True
+                )
+            ],
+        }
+        for body in (first, last)
+    ]
+    expected = reference(export, [images[0], images[2]])
+    assert_answers_match(as_ours, expected, export.meta.class_names)
+    assert_answers_match([plain], reference(export, [images[1]]), export.meta.class_names)
+
+
 def test_every_kind_of_bad_input_in_one_batch(server):
     bomb = encode(Image.new("L", (8000, 8000)), "PNG", optimize=True)  # 64 MP > 40 MP limit
     good = IMAGES[0].read_bytes()
