@@ -11,7 +11,7 @@ COMPONENTS := $(VENV)/.components
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format demo serve stop status clean FORCE
+.PHONY: help install test lint format demo serve stop status image clean FORCE
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ stop:  ## stop the TorchServe started by make serve / make demo
 
 status: install  ## models, workers and queues of the running server
 	$(PY) scripts/serve.py status
+
+image: install  ## build the container image with podman (Debian base made with debootstrap)
+	$(PY) scripts/build_image.py
 
 clean:  ## remove built artefacts (keeps .venv and the dataset cache)
 	rm -rf artifacts .run .pytest_cache .ruff_cache

@@ -25,6 +25,14 @@ COMPONENTS: dict[str, tuple[list[str], str]] = {
     "nginx": (["nginx", "-v"], "nginx-light"),
     "ab": (["ab", "-V"], "apache2-utils"),
     "dpkg-deb": (["dpkg-deb", "--version"], "dpkg"),
+    "ss": (["ss", "-V"], "iproute2"),
+    "podman": (["podman", "--version"], "podman"),
+    "buildah": (["buildah", "--version"], "buildah"),
+    "runc": (["runc", "--version"], "runc"),
+    "debootstrap": (["debootstrap", "--version"], "debootstrap"),
+    "kubectl": (["kubectl", "version", "--client"], "kubernetes-client"),
+    "prometheus": (["prometheus", "--version"], "prometheus"),
+    "promtool": (["promtool", "--version"], "prometheus"),
 }
 _SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 

@@ -9,11 +9,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gameart.ops.server import RunningServer, ServeError, ServerSpec, start_server
+from gameart.ops.server import (
+    RunningServer,
+    ServeError,
+    ServerSpec,
+    free_port_overrides,
+    start_server,
+    stop_server,
+)
 from gameart.pipeline.archive import ArchiveSpec, build_archive
 from tests import components
 
-__all__ = ["RunningServer", "archive", "start"]
+__all__ = ["RunningServer", "archive", "free_port_settings", "start", "stop_leftovers"]
 
 
 def archive(export_dir: Path, store: Path, name: str, backend: str, **changes: Any) -> Path:
@@ -35,3 +42,13 @@ def start(run_dir: Path, store: Path, *settings: str, timeout: float = 300) -> R
     except ServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise AssertionError(f"TorchServe did not start; see {run_dir / 'logs'}") from exc
+
+
+def free_port_settings() -> list[str]:
+    """KEY=VALUE settings that put every listener on its own free loopback port."""
+    return [f"{key}={value}" for key, value in free_port_overrides().items()]
+
+
+def stop_leftovers(run_dir: Path) -> None:
+    """After a test that stopped (or killed) a server itself: stop whatever is still recorded."""
+    stop_server(run_dir, timeout=10)

@@ -20,10 +20,10 @@ from gameart.ops.server import (
     ServerSpec,
     check_health,
     recorded_pid,
-    serve_in_foreground,
     start_server,
     stop_server,
 )
+from gameart.ops.supervisor import supervise
 
 DEFAULTS = ServerSpec()
 
@@ -37,9 +37,10 @@ def start(args: argparse.Namespace) -> int:
         overrides=key_values(args.set),
         ready_timeout_s=args.timeout,
     )
-    server = start_server(spec)
-    print(server.describe())
-    return serve_in_foreground(server) if args.foreground else 0
+    if args.foreground:
+        return supervise(spec, grace_s=args.grace)
+    print(start_server(spec).describe())
+    return 0
 
 
 def stop(args: argparse.Namespace) -> int:
@@ -65,11 +66,11 @@ def status(args: argparse.Namespace) -> int:
 
 def health(args: argparse.Namespace) -> int:
     """Exit 0 only when the server answers /ping and every model has a READY worker."""
-    state = check_health(args.run_dir)
+    state = check_health(args.run_dir, live_only=args.live)
     if state.problem:
         print(f"unhealthy: {state.problem}")
         return 1
-    print(f"healthy: READY workers per model {dict(state.ready)}")
+    print("alive" if args.live else f"healthy: READY workers per model {dict(state.ready)}")
     return 0
 
 
@@ -119,14 +120,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for READY workers",
     )
     start_cmd.add_argument(
-        "--foreground", action="store_true", help="stay attached; stop the server on SIGTERM/SIGINT"
+        "--foreground",
+        action="store_true",
+        help="stay attached (a container's main process): on SIGTERM/SIGINT drain, then stop",
+    )
+    start_cmd.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="with --foreground: seconds from SIGTERM to stopped, draining included; keep the "
+        "runtime's grace (docker --stop-timeout, terminationGracePeriodSeconds) at least this "
+        "(default: %(default)s, Docker's default)",
     )
     start_cmd.set_defaults(func=start)
     commands.add_parser("stop", help="stop the server and its workers").set_defaults(func=stop)
     commands.add_parser("status", help="models, workers, queues").set_defaults(func=status)
-    commands.add_parser(
+    health_cmd = commands.add_parser(
         "health", help="exit 0 when /ping answers and every model has a READY worker"
-    ).set_defaults(func=health)
+    )
+    health_cmd.add_argument(
+        "--live",
+        action="store_true",
+        help="only whether the server answers /ping (a liveness probe: busy or draining is alive)",
+    )
+    health_cmd.set_defaults(func=health)
     rotate_cmd = commands.add_parser("rotate-token", help="replace a key (uses the API key)")
     rotate_cmd.add_argument("kind", choices=["inference", "management"])
     rotate_cmd.set_defaults(func=rotate_token)

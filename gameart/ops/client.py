@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -107,6 +108,10 @@ class Endpoints:
     inference: str
     management: str
     metrics: str
+
+    @property
+    def inference_port(self) -> int:
+        return urlsplit(self.inference).port or 80
 
     @classmethod
     def from_properties(cls, props: dict[str, str]) -> Endpoints:

@@ -1,5 +1,6 @@
 """What the machine must have beside the venv: Python 3.10+, Java 17+ for TorchServe, and the
-Debian programs the tests start for real (Redis, nginx, Apache Bench, dpkg-deb); installing
+Debian programs the tests start for real (Redis, nginx, Apache Bench, dpkg-deb, ss, and podman
+with buildah, runc and debootstrap for the container); installing
 what is missing with apt-get. Standard library only: it runs before the venv exists
 (scripts/check_env.py, gameart/cli/check_env.py).
 """
@@ -22,6 +23,17 @@ TEST_TOOLS = {
     "redis-cli": "redis-tools",
     "nginx": "nginx-light",
     "dpkg-deb": "dpkg",
+    "ss": "iproute2",  # the supervisor counts in-flight requests with it
+    # the container test builds and runs the image without a Docker engine or a registry
+    "podman": "podman",
+    "buildah": "buildah",
+    "runc": "runc",
+    "debootstrap": "debootstrap",
+    # the deployment manifests: rendered by kubectl's Kustomize; the autoscaler's query and the
+    # alerts evaluated by a real Prometheus and checked by promtool
+    "kubectl": "kubernetes-client",
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
 }
 # nginx installs to /usr/sbin, which a non-root PATH may not include
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])

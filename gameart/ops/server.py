@@ -11,13 +11,11 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,13 +38,19 @@ from gameart.ops.properties import (
     effective_config,
     read_properties,
 )
+from gameart.ops.server_logs import log_tail, lost_a_port, model_load_failure
 from gameart.paths import CONFIG, LOG_CONFIG, MODEL_STORE, RUN_DIR, venv_program
 
 PORT_ATTEMPTS = 3  # a free port can be taken by another process before TorchServe binds it
+DRAINING_FILE = "draining"  # present while a supervisor drains the server before stopping it
 
 
 class ServeError(RuntimeError):
     """Could not start or stop the server; the message says why and what to do."""
+
+
+class StartCancelled(ServeError):
+    """The start was called off (a SIGTERM during start-up); the server has been stopped."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class ServerSpec:
     ready_timeout_s: float = 300.0  # until every model has its minWorkers READY
     free_ports: bool = False  # every listener, gRPC included, on its own free loopback port
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for the server
+    # TorchServe's launcher stays a child of this process (`torchserve --foreground`), so a
+    # supervisor sees the server die at once; otherwise it is left running on its own.
+    attached: bool = False
 
     def replace(self, **changes: Any) -> ServerSpec:
         return dataclasses.replace(self, **changes)
@@ -76,6 +83,7 @@ class RunningServer:
     pid: int
     client: TorchServeClient
     ready: dict[str, int]  # READY workers per model when the start returned
+    launcher: subprocess.Popen[bytes] | None = None  # when attached: exits when TorchServe does
 
     @property
     def log_dir(self) -> Path:
@@ -139,24 +147,29 @@ def free_port_overrides() -> dict[str, str]:
     }
 
 
-def start_server(spec: ServerSpec) -> RunningServer:
+def start_server(spec: ServerSpec, cancelled: Callable[[], bool] | None = None) -> RunningServer:
     """Start TorchServe and wait until every model has its minWorkers READY.
 
     With `free_ports`, a port lost to another process between the check and TorchServe's
-    bind is not a failure: the server is started again on new ports."""
+    bind is not a failure: the server is started again on new ports. `cancelled` is asked
+    while waiting: when it says True the server is stopped and StartCancelled raised."""
     checked_overrides(spec.overrides)
     attempts = PORT_ATTEMPTS if spec.free_ports else 1
     for attempt in range(1, attempts + 1):
         ports = free_port_overrides() if spec.free_ports else {}
         try:
-            return _start_once(spec, {**ports, **spec.overrides})
+            return _start_once(spec, {**ports, **spec.overrides}, cancelled or (lambda: False))
+        except StartCancelled:
+            raise
         except ServeError:
-            if attempt == attempts or not _lost_a_port(spec.run_dir.resolve()):
+            if attempt == attempts or not lost_a_port(spec.run_dir.resolve()):
                 raise
     raise AssertionError("unreachable")
 
 
-def _start_once(spec: ServerSpec, overrides: Mapping[str, str]) -> RunningServer:
+def _start_once(
+    spec: ServerSpec, overrides: Mapping[str, str], cancelled: Callable[[], bool]
+) -> RunningServer:
     try:
         find_java()
     except EnvironmentProblem as exc:
@@ -180,6 +193,7 @@ def _start_once(spec: ServerSpec, overrides: Mapping[str, str]) -> RunningServer
         shutil.rmtree(run_dir / sub, ignore_errors=True)
         (run_dir / sub).mkdir(parents=True)
     (run_dir / KEY_FILE).unlink(missing_ok=True)
+    (run_dir / DRAINING_FILE).unlink(missing_ok=True)
 
     settings = {"model_store": str(model_store), **absolute_paths(spec.config), **overrides}
     config_path = run_dir / "config.properties"
@@ -190,16 +204,27 @@ def _start_once(spec: ServerSpec, overrides: Mapping[str, str]) -> RunningServer
     command = [torchserve_command(), "--start", "--ncs", "--ts-config", str(config_path)]
     command += ["--model-store", str(model_store), "--log-config", str(spec.log_config.resolve())]
     env = {**_server_env(run_dir), **spec.env}
+    launcher = None
     with open(run_dir / "logs" / "launcher.log", "w") as launcher_log:
-        launched = subprocess.run(
-            command, cwd=run_dir, env=env, stdout=launcher_log, stderr=subprocess.STDOUT
-        )
-    if launched.returncode != 0:
-        raise ServeError(
-            f"`torchserve --start` exited with {launched.returncode}:\n"
-            + _log_tail(run_dir / "logs" / "launcher.log")
-        )
-    pid = _wait_for_pid_file(run_dir)
+        if spec.attached:
+            launcher = subprocess.Popen(
+                [*command, "--foreground"],
+                cwd=run_dir,
+                env=env,
+                stdout=launcher_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        else:
+            launched = subprocess.run(
+                command, cwd=run_dir, env=env, stdout=launcher_log, stderr=subprocess.STDOUT
+            )
+            if launched.returncode != 0:
+                raise ServeError(
+                    f"`torchserve --start` exited with {launched.returncode}:\n"
+                    + log_tail(run_dir / "logs" / "launcher.log")
+                )
+    pid = _wait_for_pid_file(run_dir, launcher)
     record = {"pid": pid, "config": str(config_path), "model_store": str(model_store)}
     (run_dir / SERVER_FILE).write_text(json.dumps({**record, "started": time.time()}, indent=2))
     print(
@@ -209,9 +234,12 @@ def _start_once(spec: ServerSpec, overrides: Mapping[str, str]) -> RunningServer
     )
 
     def alive() -> None:
-        if not psutil.pid_exists(pid):
+        if cancelled():
+            stop_server(run_dir, timeout=5)
+            raise StartCancelled("the start was called off; the server is stopped")
+        if not server_alive(pid, launcher):
             raise ServeError(
-                "TorchServe exited during start-up:\n" + _log_tail(run_dir / "logs" / "ts_log.log")
+                "TorchServe exited during start-up:\n" + log_tail(run_dir / "logs" / "ts_log.log")
             )
         if failure := model_load_failure(run_dir):
             stop_server(run_dir)
@@ -226,14 +254,25 @@ def _start_once(spec: ServerSpec, overrides: Mapping[str, str]) -> RunningServer
     except TorchServeError as exc:
         stop_server(run_dir)
         raise ServeError(
-            f"{exc}; stopped the server. Log tail:\n" + _log_tail(run_dir / "logs" / "ts_log.log")
+            f"{exc}; stopped the server. Log tail:\n" + log_tail(run_dir / "logs" / "ts_log.log")
         ) from exc
     renewer = start_key_renewer(run_dir, pid)
     if renewer is not None:
         server_file = run_dir / SERVER_FILE
         record = json.loads(server_file.read_text())
         server_file.write_text(json.dumps({**record, "key_renewer_pid": renewer}, indent=2))
-    return RunningServer(spec, run_dir, pid, client, state)
+    return RunningServer(spec, run_dir, pid, client, state, launcher)
+
+
+def server_alive(pid: int, launcher: subprocess.Popen[bytes] | None = None) -> bool:
+    """Whether TorchServe still runs: an attached launcher is polled (which also reaps it),
+    and a zombie does not count as alive."""
+    if launcher is not None and launcher.poll() is not None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def start_key_renewer(run_dir: Path, server_pid: int) -> int | None:
@@ -253,14 +292,6 @@ def start_key_renewer(run_dir: Path, server_pid: int) -> int | None:
     return process.pid
 
 
-def _lost_a_port(run_dir: Path) -> bool:
-    logs = run_dir / "logs"
-    text = (
-        " ".join(p.read_text(errors="replace") for p in logs.glob("*.log")) if logs.exists() else ""
-    )
-    return "Address already in use" in text or "BindException" in text
-
-
 def _server_env(run_dir: Path) -> dict[str, str]:
     tmp = run_dir / "tmp"
     return {
@@ -277,98 +308,59 @@ def recorded_pid(run_dir: Path) -> int | None:
     if not path.is_file():
         return None
     pid = json.loads(path.read_text()).get("pid")
-    return pid if pid and psutil.pid_exists(pid) else None
+    return pid if pid and server_alive(pid) else None
 
 
-def _wait_for_pid_file(run_dir: Path, timeout: float = 20.0) -> int:
+def _wait_for_pid_file(
+    run_dir: Path, launcher: subprocess.Popen[bytes] | None, timeout: float = 20.0
+) -> int:
     pid_file = run_dir / "tmp" / ".model_server.pid"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if launcher is not None and launcher.poll() is not None:
+            break  # the launcher gave up (no Java, bad config): no need to wait the full time
         if pid_file.is_file() and pid_file.read_text().strip():
             return int(pid_file.read_text().strip())
         time.sleep(0.1)
-    raise ServeError("TorchServe did not start:\n" + _log_tail(run_dir / "logs" / "launcher.log"))
-
-
-def _log_tail(path: Path, lines: int = 30) -> str:
-    if not path.is_file():
-        return f"(no {path.name})"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def model_load_failure(run_dir: Path, deaths: int = 2) -> str | None:
-    """The worker traceback when a model keeps failing to load, else None.
-
-    TorchServe retries a failing worker with back-off for up to maxRetryTimeoutInSec (default
-    300 s), saying little; two deaths with a Python traceback is enough to know. A death shows
-    as "Retry worker" (INFO) or, in TorchServe's own log config, "...process died" (DEBUG).
-    """
-    ts_log = run_dir / "logs" / "ts_log.log"
-    model_log = run_dir / "logs" / "model_log.log"
-    if not ts_log.is_file() or not model_log.is_file():
-        return None
-    text = ts_log.read_text(errors="replace")
-    if max(text.count("Retry worker"), text.count("Backend worker process died")) < deaths:
-        return None
-    lines = [
-        line.split("MODEL_LOG - ", 1)[-1]
-        for line in model_log.read_text(errors="replace").splitlines()
-        if "MODEL_LOG - " in line
-    ]
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
-    # The worker re-raises load errors as "RuntimeError: 500 - ...": prefer the original one.
-    for start in reversed(starts):
-        block = lines[start : start + 60]
-        end = next((i for i, line in enumerate(block[1:], 1) if not line.startswith(" ")), 0)
-        block = block[: end + 1]
-        if not re.match(r"RuntimeError: \d{3} - ", block[-1]):
-            return "\n".join(block)
-    return "\n".join(lines[starts[-1] : starts[-1] + 40]) if starts else None
-
-
-def serve_in_foreground(server: RunningServer) -> int:
-    """Block while the server runs (container entry point); SIGTERM/SIGINT stop it cleanly."""
-
-    def on_signal(signum: int, frame: Any) -> None:
-        server.stop()
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while psutil.pid_exists(server.pid):
-        time.sleep(1)
-    print("TorchServe exited:\n" + _log_tail(server.log_dir / "ts_log.log"), file=sys.stderr)
-    return 1
+    raise ServeError("TorchServe did not start:\n" + log_tail(run_dir / "logs" / "launcher.log"))
 
 
 def stop_server(run_dir: Path, timeout: float = 60.0) -> bool:
-    """Stop the instance recorded in run_dir and its workers. True if one was running."""
+    """Stop the instance recorded in run_dir and its workers. True if one was running.
+
+    A record left by a server that died is cleared too (its key renewer ended, its key file
+    removed), so the next start finds a clean run directory."""
     run_dir = run_dir.resolve()
-    pid = recorded_pid(run_dir)
-    if pid is None:
+    record_file = run_dir / SERVER_FILE
+    if not record_file.is_file():
         return False
-    try:
-        family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    renewer = json.loads((run_dir / SERVER_FILE).read_text()).get("key_renewer_pid")
-    if renewer and psutil.pid_exists(renewer):
-        with contextlib.suppress(psutil.Error):
-            psutil.Process(renewer).terminate()  # it would exit with the server anyway
-    subprocess.run(
-        [torchserve_command(), "--stop"],
-        cwd=run_dir,
-        env=_server_env(run_dir),
-        capture_output=True,
-        check=False,
-    )
-    _gone, alive = psutil.wait_procs(family, timeout=timeout)
-    for proc in alive:  # did not stop in time: no lingering workers
-        proc.kill()
-    psutil.wait_procs(alive, timeout=10)
+    record = json.loads(record_file.read_text())
+    renewer = record.get("key_renewer_pid")
+    with contextlib.suppress(psutil.Error):  # only if that pid is still our renewer
+        process = psutil.Process(renewer) if renewer else None
+        if process and "gameart.cli.renew_keys" in " ".join(process.cmdline()):
+            process.terminate()  # it would exit with the server anyway
+    pid = recorded_pid(run_dir)
+    if pid is not None:
+        try:
+            family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        subprocess.run(
+            [torchserve_command(), "--stop"],
+            cwd=run_dir,
+            env=_server_env(run_dir),
+            capture_output=True,
+            check=False,
+        )
+        _gone, alive = psutil.wait_procs(family, timeout=timeout)
+        for proc in alive:  # did not stop in time: no lingering workers
+            proc.kill()
+        psutil.wait_procs(alive, timeout=10)
     (run_dir / SERVER_FILE).unlink(missing_ok=True)
     (run_dir / KEY_FILE).unlink(missing_ok=True)
-    return True
+    (run_dir / DRAINING_FILE).unlink(missing_ok=True)
+    return pid is not None
 
 
 @dataclass(frozen=True)
@@ -377,14 +369,20 @@ class Health:
     ready: Mapping[str, int] = field(default_factory=dict)  # READY workers per model
 
 
-def check_health(run_dir: Path) -> Health:
-    """What the HEALTHCHECK asks: the server answers /ping and every model has a READY worker."""
+def check_health(run_dir: Path, live_only: bool = False) -> Health:
+    """What the HEALTHCHECK (and a readiness probe) asks: the server answers /ping and every
+    model has a READY worker, and it is not draining. `live_only` (a liveness probe) asks only
+    whether it answers: a busy or draining server is alive and must not be restarted."""
     run_dir = run_dir.resolve()
     if recorded_pid(run_dir) is None:
         return Health(f"no server running from {run_dir}")
+    if (run_dir / DRAINING_FILE).exists() and not live_only:
+        return Health("draining: finishing accepted requests before stopping")
     client = TorchServeClient.from_run_dir(run_dir, timeout=5)
     if not client.ping():
         return Health("/ping did not answer Healthy")
+    if live_only:
+        return Health(None)
     ready = client.ready_models()
     if not ready or min(ready.values()) < 1:
         return Health(f"READY workers per model {ready}", ready)
