@@ -3,7 +3,8 @@
   python scripts/nginx_front.py start --listen 127.0.0.1:8443 --rate 10 --burst 20
   python scripts/nginx_front.py stop
 
---upstream defaults to the running server's inference address.
+--upstream defaults to the running server's inference address; give several, comma-separated,
+to balance over several TorchServe instances.
 """
 
 from __future__ import annotations
@@ -12,21 +13,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from gameart.cli.common import command_parser, run_dir_parent
+from gameart.cli.common import comma_list, command_parser, run_dir_parent
 from gameart.ops.client import TorchServeClient, TorchServeError
 from gameart.ops.nginx import DEFAULT_PREFIX, FrontError, FrontSpec, start_front, stop_front
 
-DEFAULTS = FrontSpec(upstream="")
+DEFAULTS = FrontSpec(upstreams=())
 
 
 def start(args: argparse.Namespace) -> int:
-    upstream = args.upstream
-    if not upstream:
-        upstream = TorchServeClient.from_run_dir(args.run_dir).endpoints.inference.split("//")[1]
-    spec = FrontSpec(upstream, args.listen, args.rate, args.burst, args.prefix)
+    upstreams = tuple(args.upstream or ())
+    if not upstreams:
+        inference = TorchServeClient.from_run_dir(args.run_dir).endpoints.inference
+        upstreams = (inference.split("//")[1],)
+    spec = FrontSpec(upstreams, args.listen, args.rate, args.burst, args.prefix)
     pid = start_front(spec)
     print(
-        f"nginx pid {pid}: http://{spec.listen} -> {upstream} "
+        f"nginx pid {pid}: http://{spec.listen} -> {', '.join(upstreams)} "
         f"(rate {spec.rate_per_s:g}/s, burst {spec.burst})"
     )
     return 0
@@ -49,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     start_cmd = commands.add_parser("start", parents=[run_dir_parent()])
     start_cmd.add_argument("--listen", default=DEFAULTS.listen, help="address:port to serve")
     start_cmd.add_argument(
-        "--upstream", help="TorchServe inference host:port (default: the running server's)"
+        "--upstream",
+        type=comma_list(),
+        help="TorchServe inference host:port, comma-separated for several (default: the "
+        "running server's)",
     )
     start_cmd.add_argument(
         "--rate", type=float, default=DEFAULTS.rate_per_s, help="requests/s per client"

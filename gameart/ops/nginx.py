@@ -1,7 +1,8 @@
-"""nginx (Debian's package) in front of TorchServe, from deploy/nginx.conf.
+"""nginx (Debian's package) in front of one TorchServe or several, from deploy/nginx.conf.
 
 TorchServe has no rate limiting; nginx adds per-client limits, a body cap and proxies only the
-inference API.
+inference API. With several instances it balances by least connections, leaves out an instance
+that fails for `fail_timeout_s`, and sends a request an instance refused or cut off to another.
 """
 
 from __future__ import annotations
@@ -27,18 +28,25 @@ class FrontError(RuntimeError):
 
 @dataclass(frozen=True)
 class FrontSpec:
-    upstream: str  # TorchServe's inference host:port
+    upstreams: tuple[str, ...]  # each TorchServe's inference host:port
     listen: str = "127.0.0.1:8443"
     rate_per_s: float = 10.0  # requests/s per client
     burst: int = 20  # extra requests allowed at once
     prefix: Path = DEFAULT_PREFIX  # nginx's working dir: config, pid, logs
+    fail_timeout_s: int = 5  # how long an instance that failed is left out
 
 
 def render(spec: FrontSpec, prefix: Path) -> str:
+    if not spec.upstreams:
+        raise FrontError("no upstream: give at least one TorchServe inference host:port")
     text = TEMPLATE.read_text()
+    servers = "\n".join(
+        f"        server {upstream} max_fails=1 fail_timeout={spec.fail_timeout_s}s;"
+        for upstream in spec.upstreams
+    )
     for key, value in {
         "LISTEN": spec.listen,
-        "UPSTREAM": spec.upstream,
+        "SERVERS": servers,
         "RATE": f"{spec.rate_per_s:g}",
         "BURST": str(spec.burst),
         "PREFIX": str(prefix),
@@ -73,6 +81,25 @@ def start_front(spec: FrontSpec) -> int:
             return int(pid_file.read_text().strip())
         time.sleep(0.1)
     raise FrontError(f"nginx wrote no pid file in {prefix}; see {prefix / 'logs'}")
+
+
+def reload_front(spec: FrontSpec) -> None:
+    """Apply a changed spec (e.g. an instance taken out of the upstreams before it is stopped,
+    as an orchestrator removes a pod's endpoint): nginx re-reads its config on SIGHUP, and its
+    old workers finish the requests they hold."""
+    prefix = spec.prefix.resolve()
+    candidate = prefix / "nginx.conf.new"
+    candidate.write_text(render(spec, prefix))
+    check = subprocess.run(
+        [nginx_binary(), "-t", "-q", "-p", str(prefix), "-c", str(candidate)],
+        capture_output=True,
+        text=True,
+    )
+    if check.returncode != 0:
+        candidate.unlink()
+        raise FrontError(f"nginx rejected the new config (the running one stays):\n{check.stderr}")
+    candidate.replace(prefix / "nginx.conf")  # only a config nginx accepted replaces the live one
+    os.kill(int((prefix / "nginx.pid").read_text().strip()), signal.SIGHUP)
 
 
 def stop_front(prefix: Path = DEFAULT_PREFIX) -> bool:
