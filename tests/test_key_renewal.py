@@ -16,7 +16,7 @@ from gameart.cli import scale as scale_cli
 from gameart.cli import serve as serve_cli
 from gameart.measure import loadgen
 from gameart.measure.uploads import upload_mix
-from gameart.ops.client import SERVER_FILE, TorchServeClient, read_tokens
+from gameart.ops.client import SERVER_FILE, TorchServeClient, TorchServeError, read_tokens
 from gameart.ops.keys import due_for_renewal, expiries
 from tests import torchserve
 
@@ -93,3 +93,22 @@ def test_renewal_is_due_at_half_the_lifetime():
     assert due_for_renewal(half, 60.0, now) == ["inference"]
     expired = {"management": now - dt.timedelta(seconds=1)}
     assert due_for_renewal(expired, 60.0, now) == ["management"]
+
+
+def test_a_key_file_caught_mid_write_is_read_once_whole(tmp_path):
+    """TorchServe rewrites key_file.json in place: a reader (the health check, a client, the
+    nginx front's watcher) that finds it empty waits for the whole file instead of failing."""
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text("")
+    whole = {"inference": {"key": "abc", "expiration time": "2026-12-03T10:00:00Z"}}
+    writer = threading.Timer(0.3, lambda: key_file.write_text(json.dumps(whole)))
+    writer.start()
+    try:
+        assert read_tokens(tmp_path) == {"inference": "abc"}
+    finally:
+        writer.cancel()
+    key_file.write_text('{"inference": ')  # never finished: a clear error, in bounded time
+    started = time.monotonic()
+    with pytest.raises(TorchServeError, match="not valid JSON"):
+        read_tokens(tmp_path)
+    assert time.monotonic() - started < 10

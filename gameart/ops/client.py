@@ -23,6 +23,7 @@ from gameart.paths import RUN_DIR
 
 SERVER_FILE = "server.json"  # what `serve.py start` records about the running instance
 KEY_FILE = "key_file.json"  # written by TorchServe itself when token authorisation is on
+KEY_FILE_SETTLE_S = 3.0  # how long a reader waits for a key file caught mid-write
 
 
 class TorchServeError(RuntimeError):
@@ -126,9 +127,19 @@ def key_entries(run_dir: Path) -> dict[str, dict[str, Any]]:
     """TorchServe's key file as it stands: {"inference": {"key", "expiration time"}, ...};
     empty when token auth is off."""
     path = Path(run_dir) / KEY_FILE
-    if not path.is_file():
-        return {}
-    entries = json.loads(path.read_text())
+    deadline = time.monotonic() + KEY_FILE_SETTLE_S
+    while True:
+        if not path.is_file():
+            return {}
+        try:
+            entries = json.loads(path.read_text())
+            break
+        except json.JSONDecodeError as exc:
+            # TorchServe rewrites the file in place (at start, on each renewal): a reader can
+            # catch it empty or half written; it is whole again within milliseconds
+            if time.monotonic() > deadline:
+                raise TorchServeError(f"{path} is not valid JSON: {exc}") from exc
+            time.sleep(0.05)
     return {kind: entry for kind, entry in entries.items() if isinstance(entry, dict)}
 
 
@@ -200,7 +211,7 @@ class TorchServeClient:
         while True:
             try:
                 tokens = read_tokens(self.run_dir)
-            except (OSError, ValueError):  # being rewritten
+            except (OSError, ValueError, TorchServeError):  # being rewritten
                 tokens = {}
             fresh = tokens.get(api) and f"Bearer {tokens[api]}" != refused
             if fresh or time.monotonic() > deadline:
