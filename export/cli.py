@@ -27,7 +27,7 @@ from export.pipeline_check import (
 )
 from export.quantize import write_int8_onnx
 from export.spec import ExportSpec, spec_defaults
-from export.writers import example_batch, write_onnx, write_torchscript
+from export.writers import example_batch, last_conv_stage, write_onnx, write_torchscript
 from modelspec.aoti import AotiError
 from modelspec.meta import (
     COLOR_POLICIES,
@@ -291,14 +291,15 @@ def export_model(args: ExportSpec) -> ExportResult:
         "onnx/fp32": MODEL_FILES[("onnx", "fp32")],
     }
     steps("writing TorchScript (traced, frozen) and ONNX (dynamic batch)")
-    write_torchscript(loaded.model, out_dir / files["torchscript/fp32"], example)
+    cam_layer = last_conv_stage(loaded.model, example)
+    write_torchscript(loaded.model, out_dir / files["torchscript/fp32"], example, cam_layer)
     exporter = write_onnx(loaded.model, out_dir / files["onnx/fp32"], example)
     if args.fp16:
         steps("writing fp16 TorchScript and ONNX")
         half = _half_copy(loaded)
         files["torchscript/fp16"] = MODEL_FILES[("torchscript", "fp16")]
         files["onnx/fp16"] = MODEL_FILES[("onnx", "fp16")]
-        write_torchscript(half, out_dir / files["torchscript/fp16"], example.half())
+        write_torchscript(half, out_dir / files["torchscript/fp16"], example.half(), cam_layer)
         write_onnx(half, out_dir / files["onnx/fp16"], example.half())
 
     if args.int8:
@@ -358,6 +359,7 @@ def export_model(args: ExportSpec) -> ExportResult:
         class_names=class_names,
         preprocess=spec,
         files=files,
+        cam_layer=cam_layer,
         export={
             **_versions(),
             "onnx_exporter": exporter,

@@ -1,4 +1,8 @@
-"""Write the serving formats: traced+frozen TorchScript and ONNX with a dynamic batch axis."""
+"""Write the serving formats: traced+frozen TorchScript and ONNX with a dynamic batch axis.
+
+The TorchScript file also carries an `explain` method, (logits, the last convolutional stage's
+activations), which the handler's Grad-CAM differentiates (handler/explain.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from modelspec.meta import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
+from modelspec.meta import EXPLAIN_METHOD, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
 
 log = logging.getLogger(__name__)
 ONNX_OPSET = 18
@@ -22,20 +26,76 @@ def example_batch(input_size: int, dtype: torch.dtype = torch.float32, batch: in
 
 
 def write_torchscript(
-    model: nn.Module, path: Path, example: torch.Tensor
+    model: nn.Module, path: Path, example: torch.Tensor, cam_layer: str = ""
 ) -> torch.jit.ScriptModule:
-    """Trace (unless already TorchScript), freeze, save. Returns the saved module."""
+    """Trace (unless already TorchScript), freeze, save. Returns the saved module. With
+    `cam_layer` (see last_conv_stage) the file gets an `explain` method beside `forward`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated upstream
         with torch.no_grad():
             if isinstance(model, torch.jit.ScriptModule):
                 scripted = model
+            elif cam_layer:
+                methods = {"forward": example, EXPLAIN_METHOD: example}
+                scripted = torch.jit.trace_module(
+                    _WithFeatures(model, cam_layer), methods, check_trace=False
+                )
             else:
                 scripted = torch.jit.trace(model, example, check_trace=False)
             if not _is_frozen(scripted):
-                scripted = torch.jit.freeze(scripted.eval())
+                preserved = [EXPLAIN_METHOD] if hasattr(scripted, EXPLAIN_METHOD) else []
+                scripted = torch.jit.freeze(scripted.eval(), preserved_attrs=preserved)
         torch.jit.save(scripted, str(path))
     return scripted
+
+
+def last_conv_stage(model: nn.Module, example: torch.Tensor) -> str:
+    """The module Grad-CAM reads: the last one to finish with a spatial (N, C, H>1, W>1)
+    output, i.e. the last convolutional stage before global pooling ("layer4" for ResNet,
+    "features" for torchvision's EfficientNet, "bn2" for timm's). "" if none (or TorchScript)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return ""
+    finished: list[tuple[str, torch.Tensor]] = []
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: finished.append((name, out)))
+        for name, module in model.named_modules()
+        if name
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    spatial = [
+        name
+        for name, out in finished
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) > 1
+    ]
+    return spatial[-1] if spatial else ""
+
+
+class _WithFeatures(nn.Module):
+    """forward as the model's; explain also returns the activations of `layer`."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        self.model = model
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        hook = self.model.get_submodule(self.layer).register_forward_hook(
+            lambda _m, _i, out: captured.append(out)
+        )
+        try:
+            logits = self.model(x)
+        finally:
+            hook.remove()
+        return logits, captured[-1]
 
 
 def _is_frozen(module: torch.jit.ScriptModule) -> bool:

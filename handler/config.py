@@ -44,6 +44,11 @@ class HandlerConfig:
     cache_url: str = ""
     cache_ttl_s: int = 86_400
     cache_timeout_ms: int = 50
+    # /explanations (handler/explain.py): occlusion's grid (grid**2 extra forward passes, for
+    # files without Grad-CAM), a time limit and an upload cap of their own
+    explain_grid: int = 7
+    explain_timeout_s: float = 20.0
+    explain_max_bytes: int = 4 * MiB
 
     @classmethod
     def from_yaml(cls, section: dict[str, Any] | None) -> HandlerConfig:
@@ -76,6 +81,10 @@ class HandlerConfig:
             raise ValueError("jpeg_draft_oversample must be 0 (off) or at least 1")
         if self.cache_ttl_s < 1 or self.cache_timeout_ms < 1:
             raise ValueError("cache_ttl_s and cache_timeout_ms must be positive")
+        if not 2 <= self.explain_grid <= 16:
+            raise ValueError("explain_grid must be between 2 and 16 (grid**2 forward passes)")
+        if self.explain_timeout_s <= 0 or self.explain_max_bytes < 1:
+            raise ValueError("explain_timeout_s and explain_max_bytes must be positive")
 
     def answer_settings(self) -> bytes:
         """The settings that change what an image is answered (for the cache key)."""

@@ -6,6 +6,8 @@ TorchServe hands the handler one dict per request:
 - JSON (`{"image": "<base64>", "top_k": 5}`) and text/* (base64, data: URIs): {"body": bytes}
 - the Open Inference Protocol (KServe v2, `POST /v2/models/{model}/infer`): JSON with
   `{"inputs": [{"name", "shape": [1], "datatype": "BYTES", "data": ["<base64>"]}]}`
+Options: top_k, and for /explanations target (a label or its index), as form fields or JSON keys
+(TorchServe does not hand query parameters to the handler).
 
 The worker would parse JSON bodies itself, before the handler could bound them (a body nested
 200 000 deep costs its parser a RecursionError; 200 000 keys cost it a second); the handler
@@ -35,7 +37,7 @@ from handler.errors import (
 
 # Field names that may carry the image, in order of preference.
 IMAGE_FIELDS = ("data", "file", "image", "body", "img", "b64", "image_base64", "instances")
-OPTION_FIELDS = ("top_k",)
+OPTION_FIELDS = ("top_k", "target")  # target: the class /explanations explains
 # Envelope limits: far above what an image request needs, far below what costs a parser.
 MAX_TOP_K = 1000
 MAX_FIELDS = 16  # multipart parts, and keys of one JSON object
@@ -53,6 +55,7 @@ class RequestOptions:
     top_k: int | None = None
     protocol: str = ""  # "" for this project's formats, OIP for KServe v2 requests
     request_id: str | None = None  # an OIP request's "id", echoed in its answer
+    target: str | None = None  # /explanations: the class to explain (a label or an index)
 
 
 def _as_text(value: Any) -> str:
@@ -108,7 +111,10 @@ def _from_json(document: Any, max_bytes: int, depth: int = 0) -> tuple[bytes, Re
         return _from_oip(document, max_bytes)
     if len(document) > MAX_FIELDS:
         raise JSONTooComplex(f"JSON object has {len(document)} keys; at most {MAX_FIELDS}")
-    options = RequestOptions(top_k=_parse_top_k(document["top_k"]) if "top_k" in document else None)
+    options = RequestOptions(
+        top_k=_parse_top_k(document["top_k"]) if "top_k" in document else None,
+        target=str(document["target"])[:200] if "target" in document else None,
+    )
     for name in IMAGE_FIELDS:
         value = document.get(name)
         if isinstance(value, str):
@@ -201,6 +207,11 @@ def extract_image(
     image's bytes, text/* is base64 (or a data: URI), application/json is JSON; without one
     (multipart parts) the bytes say which they are."""
     image, options = _extract(request, max_bytes, content_type.split(";")[0].strip().lower())
+    if "target" in request:  # a query parameter or a form field
+        raw_target = request["target"]
+        if isinstance(raw_target, (bytes, bytearray)):
+            raw_target = bytes(raw_target[:200]).decode("utf-8", errors="replace")
+        options = dataclasses.replace(options, target=str(raw_target)[:200])
     if not image:
         raise EmptyInput("the image is empty")
     if len(image) > max_bytes:

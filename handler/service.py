@@ -31,7 +31,8 @@ from handler.backends import Backend, load_backend, select_device
 from handler.cache import RedisCache, image_key, model_identity
 from handler.config import HandlerConfig, live_workers_on_host
 from handler.decode import Inspected, decode_inspected, inspect_image
-from handler.errors import OIP, RequestError, ServerError
+from handler.errors import OIP, PayloadTooLarge, RequestError, ServerError
+from handler.explain import explain_crop, resolve_target
 from handler.gpu_decode import BatchJpegDecoder, decode_eligibility, serves_model
 from handler.inputs import extract_image
 from handler.postprocess import answer, oip_answer, probabilities
@@ -57,12 +58,15 @@ class Item:
     top_k: int = 0
     protocol: str = ""  # inputs.OIP: answered in the Open Inference Protocol's format
     request_id: str | None = None
+    explain: bool = False  # an /explanations request: the answer carries a saliency map
+    target: str | None = None  # the class to explain, as the request named it
     image: bytes = b""
     cache_key: str = ""
     inspected: Inspected | None = None  # the header, once it passed every check
     to_jpeg_decoder: bool = False  # decoded in the batch JPEG decoder (GPU), not on the CPU
     crop: torch.Tensor | None = None  # (3, size, size) uint8, on the CPU or the model's device
     probabilities: list[float] | None = None
+    explanation: dict[str, Any] | None = None
     body: dict[str, Any] | None = None  # the answer, once built
     from_cache: bool = False
     error: RequestError | None = None
@@ -172,7 +176,11 @@ class ImageClassifierService:
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         clock = StageClock()
         items = [
-            Item(index=i, content_type=_header(context, i, "content-type"))
+            Item(
+                index=i,
+                content_type=_header(context, i, "content-type"),
+                explain=_header(context, i, "explain") == "True",  # TorchServe's /explanations
+            )
             for i in range(len(data))
         ]
         with clock.stage("extract"):
@@ -183,6 +191,11 @@ class ImageClassifierService:
         self.decode_all(self._waiting(items), clock)
         with clock.stage("model"):
             computed = self.infer([item for item in self._waiting(items) if item.crop is not None])
+        explained = [item for item in items if item.explain and item.error is None]
+        if explained:
+            with clock.stage("explain"):
+                for item in explained:
+                    self.guarded(item, "explain", self.explain)
         with clock.stage("answer"):
             answers = [self.answer(item, context) for item in items]
         try:  # bookkeeping: its failure must not cost the answers already made
@@ -221,12 +234,19 @@ class ImageClassifierService:
         item.image, options = extract_image(request, self.config.max_image_bytes, item.content_type)
         item.top_k = options.top_k or self.config.top_k
         item.protocol, item.request_id = options.protocol, options.request_id
+        item.target = options.target
+        if item.explain and len(item.image) > self.config.explain_max_bytes:
+            raise PayloadTooLarge(
+                f"image is {len(item.image)} bytes, over the {self.config.explain_max_bytes} byte "
+                "limit for explanations"
+            )
 
     def lookup(self, items: list[Item]) -> int:
         """Answer what the cache already knows; returns how many it did."""
         if self.cache is None:
             return 0
-        wanted = [item for item in items if item.error is None]
+        # an explanation needs the decoded crop, which a cached answer does not have
+        wanted = [item for item in items if item.error is None and not item.explain]
         for item in wanted:
             item.cache_key = image_key(self.model_key, item.image)
         found = self.cache.get_many([item.cache_key for item in wanted], self.meta.num_classes)
@@ -319,8 +339,20 @@ class ImageClassifierService:
         for item, row in zip(items, rows, strict=True):
             item.probabilities = row
 
+    def explain(self, item: Item) -> None:
+        item.explanation = explain_crop(
+            self.backend,
+            self.normalizer,
+            item.crop,
+            resolve_target(item.target, self.meta.class_names, item.probabilities),
+            self.meta,
+            self.config,
+        )
+
     def build_answer(self, item: Item) -> None:
         item.body = answer(item.probabilities, self.meta.class_names, item.top_k)
+        if item.explanation is not None:
+            item.body["explanation"] = item.explanation
         if item.protocol == OIP:
             name, version = self.served_name or self.meta.name, self.model_version
             item.body = oip_answer(item.body, name, version, item.request_id)

@@ -38,6 +38,7 @@ MODEL_FILES: dict[tuple[str, str], str] = {
 BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "aoti")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
+EXPLAIN_METHOD = "explain"  # the TorchScript method returning (logits, the Grad-CAM stage)
 ONNX_INPUT_NAME = "input"
 ONNX_OUTPUT_NAME = "logits"
 
@@ -170,6 +171,8 @@ class ModelMeta:
     files: dict[str, str] = field(default_factory=dict)  # "torchscript/fp32" -> file name
     export: dict[str, Any] = field(default_factory=dict)  # versions, exporter, date
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint name, format, sha256
+    # the module Grad-CAM reads (the TorchScript file's `explain` method); "" if none
+    cam_layer: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -205,6 +208,7 @@ class ModelMeta:
                 files=dict(raw.get("files", {})),
                 export=dict(raw.get("export", {})),
                 source=dict(raw.get("source", {})),
+                cam_layer=str(raw.get("cam_layer", "")),
             )
         except KeyError as exc:
             raise MetaError(f"model_meta is missing {exc}") from exc
