@@ -33,6 +33,8 @@ COMPONENTS: dict[str, tuple[list[str], str]] = {
     "kubectl": (["kubectl", "version", "--client"], "kubernetes-client"),
     "prometheus": (["prometheus", "--version"], "prometheus"),
     "promtool": (["promtool", "--version"], "prometheus"),
+    "chromium": (["chromium", "--version"], "chromium"),
+    "chromedriver": (["chromedriver", "--version"], "chromium-driver"),
 }
 _SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 

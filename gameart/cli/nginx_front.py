@@ -1,10 +1,13 @@
 """Run nginx in front of TorchServe: per-client rate limits, a body cap, inference only.
 
   python scripts/nginx_front.py start --listen 127.0.0.1:8443 --rate 10 --burst 20
+  python scripts/nginx_front.py start --add-key   # + the playground page at /playground/
   python scripts/nginx_front.py stop
 
 --upstream defaults to the running server's inference address; give several, comma-separated,
-to balance over several TorchServe instances.
+to balance over several TorchServe instances. With --add-key nginx adds the server's inference
+key itself (kept current as keys renew), so the page and clients need none: the front's rate
+limits and body cap are then the guard, so keep it on loopback or behind your own auth.
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ from pathlib import Path
 
 from gameart.cli.common import comma_list, command_parser, run_dir_parent
 from gameart.ops.client import TorchServeClient, TorchServeError
-from gameart.ops.nginx import DEFAULT_PREFIX, FrontError, FrontSpec, start_front, stop_front
+from gameart.ops.nginx import (
+    DEFAULT_PREFIX,
+    FrontError,
+    FrontSpec,
+    start_front,
+    start_key_watcher,
+    stop_front,
+    watch_key,
+)
 
 DEFAULTS = FrontSpec(upstreams=())
 
@@ -25,12 +36,36 @@ def start(args: argparse.Namespace) -> int:
     if not upstreams:
         inference = TorchServeClient.from_run_dir(args.run_dir).endpoints.inference
         upstreams = (inference.split("//")[1],)
-    spec = FrontSpec(upstreams, args.listen, args.rate, args.burst, args.prefix)
+    models: tuple[str, ...] = ()
+    try:  # what the playground offers; a front for other instances may not see this one
+        models = tuple(TorchServeClient.from_run_dir(args.run_dir, timeout=5).models())
+    except (TorchServeError, OSError) as exc:
+        print(f"(the playground will ask for the model's name: {exc})")
+    spec = FrontSpec(
+        upstreams,
+        args.listen,
+        args.rate,
+        args.burst,
+        args.prefix,
+        key_run_dir=args.run_dir if args.add_key else None,
+        models=models,
+    )
     pid = start_front(spec)
+    if args.add_key:
+        start_key_watcher(spec)
     print(
         f"nginx pid {pid}: http://{spec.listen} -> {', '.join(upstreams)} "
-        f"(rate {spec.rate_per_s:g}/s, burst {spec.burst})"
+        f"(rate {spec.rate_per_s:g}/s, burst {spec.burst}"
+        f"{', adds the inference key' if args.add_key else ''})\n"
+        f"playground: http://{spec.listen}/playground/"
     )
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    spec = FrontSpec(upstreams=(), prefix=args.prefix, key_run_dir=args.run_dir)
+    print(f"watching {args.run_dir} for new keys, for the nginx in {args.prefix}", flush=True)
+    print(f"nginx reloaded {watch_key(spec)} time(s) for a new key; nginx has stopped")
     return 0
 
 
@@ -62,8 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     start_cmd.add_argument(
         "--burst", type=int, default=DEFAULTS.burst, help="extra requests allowed at once"
     )
+    start_cmd.add_argument(
+        "--add-key",
+        action="store_true",
+        help="nginx adds the server's inference key (the playground page needs it)",
+    )
     start_cmd.set_defaults(func=start)
     commands.add_parser("stop").set_defaults(func=stop)
+    commands.add_parser(
+        "watch-key", parents=[run_dir_parent()], help="(started by start --add-key)"
+    ).set_defaults(func=watch)
     return parser
 
 
@@ -74,3 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FrontError, TorchServeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":  # the key watcher runs as python -m gameart.cli.nginx_front
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """What the machine must have beside the venv: Python 3.10+, Java 17+ for TorchServe, and the
 Debian programs the tests start for real (Redis, nginx, Apache Bench, dpkg-deb, ss, and podman
-with buildah, runc and debootstrap for the container); installing
+with buildah, runc and debootstrap for the container, chromium for the playground); installing
 what is missing with apt-get. Standard library only: it runs before the venv exists
 (scripts/check_env.py, gameart/cli/check_env.py).
 """
@@ -34,6 +34,9 @@ TEST_TOOLS = {
     "kubectl": "kubernetes-client",
     "prometheus": "prometheus",
     "promtool": "prometheus",
+    # the playground page, driven in a real headless browser
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
 }
 # nginx installs to /usr/sbin, which a non-root PATH may not include
 _SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])

@@ -3,22 +3,33 @@
 TorchServe has no rate limiting; nginx adds per-client limits, a body cap and proxies only the
 inference API. With several instances it balances by least connections, leaves out an instance
 that fails for `fail_timeout_s`, and sends a request an instance refused or cut off to another.
+
+It also serves the playground page (deploy/playground/) on the same origin. The page holds no
+secret: with `key_run_dir` set, nginx adds that server's inference key to what it proxies, and a
+small watcher beside nginx (watch_key) rewrites the key and reloads nginx when the key file
+changes (renewal, rotation).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gameart.ops.client import KEY_FILE, TorchServeError, read_tokens
 from gameart.paths import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf"
+PLAYGROUND = REPO_ROOT / "deploy" / "playground"
+KEY_INCLUDE = "inference_key.conf"  # in the prefix: the Authorization header nginx adds
 DEFAULT_PREFIX = REPO_ROOT / ".run" / "nginx"
 
 
@@ -34,6 +45,9 @@ class FrontSpec:
     burst: int = 20  # extra requests allowed at once
     prefix: Path = DEFAULT_PREFIX  # nginx's working dir: config, pid, logs
     fail_timeout_s: int = 5  # how long an instance that failed is left out
+    # the run dir of the server whose inference key nginx adds (None: clients send their own)
+    key_run_dir: Path | None = None
+    models: tuple[str, ...] = ()  # offered by the playground page
 
 
 def render(spec: FrontSpec, prefix: Path) -> str:
@@ -50,9 +64,22 @@ def render(spec: FrontSpec, prefix: Path) -> str:
         "RATE": f"{spec.rate_per_s:g}",
         "BURST": str(spec.burst),
         "PREFIX": str(prefix),
+        "PLAYGROUND": str(published_playground()),
+        # model names are [A-Za-z0-9_.-] (TorchServe's rule), safe inside nginx's quotes
+        "PLAYGROUND_CONFIG": json.dumps({"models": list(spec.models)}),
     }.items():
         text = text.replace("{{" + key + "}}", value)
     return text
+
+
+def published_playground() -> Path:
+    """The page's files where nginx's workers can read them: started as root, nginx serves as
+    `nobody`, which cannot enter a private checkout or run dir. The page holds no secret."""
+    target = Path(tempfile.gettempdir()) / f"gameart-playground-{os.getuid()}"
+    shutil.copytree(PLAYGROUND, target, dirs_exist_ok=True)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
 
 
 def nginx_binary() -> str:
@@ -68,6 +95,7 @@ def start_front(spec: FrontSpec) -> int:
     prefix.mkdir(parents=True, exist_ok=True)
     config = prefix / "nginx.conf"
     config.write_text(render(spec, prefix))
+    write_key_include(spec)
     binary = nginx_binary()
     check = subprocess.run(
         [binary, "-t", "-q", "-p", str(prefix), "-c", str(config)], capture_output=True, text=True
@@ -100,6 +128,67 @@ def reload_front(spec: FrontSpec) -> None:
         raise FrontError(f"nginx rejected the new config (the running one stays):\n{check.stderr}")
     candidate.replace(prefix / "nginx.conf")  # only a config nginx accepted replaces the live one
     os.kill(int((prefix / "nginx.pid").read_text().strip()), signal.SIGHUP)
+
+
+def write_key_include(spec: FrontSpec) -> bool:
+    """Write the header nginx adds (the key of spec.key_run_dir's server; nothing without one),
+    mode 0600; True if it changed."""
+    include = spec.prefix.resolve() / KEY_INCLUDE
+    key = read_tokens(spec.key_run_dir).get("inference") if spec.key_run_dir else None
+    text = f'proxy_set_header Authorization "Bearer {key}";\n' if key else "# no key added\n"
+    if include.is_file() and include.read_text() == text:
+        return False
+    fresh = include.with_suffix(".new")
+    fresh.touch(mode=0o600)
+    fresh.chmod(0o600)
+    fresh.write_text(text)
+    fresh.replace(include)
+    return True
+
+
+def watch_key(spec: FrontSpec, poll_s: float = 1.0) -> int:
+    """Until nginx exits: when the server's key file changes, rewrite the header and reload
+    nginx (renewal happens at half the key's lifetime, so there is ample time). Reloads made."""
+    pid_file = spec.prefix.resolve() / "nginx.pid"
+    key_file = Path(spec.key_run_dir or ".") / KEY_FILE
+    seen, reloads = None, 0
+    while pid_file.is_file():
+        stamp = key_file.stat().st_mtime_ns if key_file.is_file() else None
+        if stamp != seen:
+            seen = stamp
+            try:
+                if write_key_include(spec):
+                    os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)
+                    reloads += 1
+            except (OSError, ValueError, TorchServeError) as exc:  # read again at the next poll
+                print(f"could not refresh the key yet: {exc}", flush=True)
+                seen = None
+        time.sleep(poll_s)
+    return reloads
+
+
+def start_key_watcher(spec: FrontSpec) -> int:
+    """watch_key in a process of its own, beside nginx (it ends when nginx stops); its pid."""
+    prefix = spec.prefix.resolve()
+    command = [
+        sys.executable,
+        "-m",
+        "gameart.cli.nginx_front",
+        "--prefix",
+        str(prefix),
+        "watch-key",
+        "--run-dir",
+        str(Path(spec.key_run_dir).resolve()),
+    ]
+    with open(prefix / "key_watch.log", "a") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return process.pid
 
 
 def stop_front(prefix: Path = DEFAULT_PREFIX) -> bool:
