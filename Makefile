@@ -47,8 +47,8 @@ demo: install  ## build data, train, export, archive, serve, and ask the server 
 serve: install  ## start TorchServe on whatever .mar files are in model_store/
 	$(PY) scripts/serve.py start
 
-stop:  ## stop the TorchServe started by make serve / make demo
-	@if [ -x $(PY) ]; then $(PY) scripts/serve.py stop; fi
+stop:  ## stop the TorchServe (and the playground's nginx) started by make serve / make demo
+	@if [ -x $(PY) ]; then $(PY) scripts/nginx_front.py stop; $(PY) scripts/serve.py stop; fi
 
 status: install  ## models, workers and queues of the running server
 	$(PY) scripts/serve.py status

@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gameart.ops.client import TorchServeClient
+from gameart.ops.nginx import FrontError, FrontSpec, start_front, start_key_watcher, stop_front
 from gameart.ops.server import RunningServer, ServerSpec, recorded_pid, start_server, stop_server
 from gameart.paths import ARTIFACTS, DATASET, DEB_CACHE, EXPORT_OUT, REPO_ROOT, RUN_DIR, TRAIN_OUT
 from gameart.pipeline.archive import ArchiveSpec, build_archive, describe, fingerprint
@@ -162,12 +163,35 @@ def served_accuracy(client: TorchServeClient, concurrency: int = 4) -> float:
     return accuracy
 
 
-def print_next_steps(client: TorchServeClient) -> None:
+def open_playground(client: TorchServeClient) -> str | None:
+    """The nginx front on loopback, adding the inference key, with the playground page; its
+    URL, or None (with the reason printed) when it cannot start, e.g. the port is taken."""
+    spec = FrontSpec(
+        upstreams=(client.endpoints.inference.split("//")[1],),
+        key_run_dir=RUN_DIR,
+        models=(MODEL_NAME,),
+    )
+    stop_front(spec.prefix)  # a front left by an earlier demo holds an older server's key
+    try:
+        start_front(spec)
+    except (FrontError, OSError) as exc:
+        print(f"(no playground: the nginx front did not start: {exc})")
+        return None
+    start_key_watcher(spec)
+    return f"http://{spec.listen}/playground/"
+
+
+def print_next_steps(client: TorchServeClient, playground: str | None) -> None:
     example = held_out_examples()[0][1].relative_to(REPO_ROOT)
+    page = (
+        f"\nPlayground (drop an image, see where the model looked):  {playground}"
+        if playground
+        else ""
+    )
     print(f"""
 TorchServe is still running. Try it:
   curl -H "Authorization: Bearer $(.venv/bin/python scripts/serve.py token inference)" \\
-       -T "{example}" {client.endpoints.inference}/predictions/{MODEL_NAME}
+       -T "{example}" {client.endpoints.inference}/predictions/{MODEL_NAME}{page}
 Status:  make status      Stop:  make stop""")
 
 
@@ -181,6 +205,6 @@ def run_demo(train_budget_s: float = 1200.0) -> float:
     client = start().client
     ask(client)
     accuracy = served_accuracy(client)
-    print_next_steps(client)
+    print_next_steps(client, open_playground(client))
     print(f"(demo took {time.monotonic() - started:.0f}s)")
     return accuracy
