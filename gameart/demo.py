@@ -97,7 +97,7 @@ def start() -> RunningServer:
     if recorded_pid(RUN_DIR) is not None:
         print("stopping the server already running, to serve the fresh archive")
         stop_server(RUN_DIR)
-    server = start_server(ServerSpec())
+    server = start_server(ServerSpec(explain_pools=True))  # the playground explains
     print(server.describe())
     return server
 
@@ -170,6 +170,7 @@ def open_playground(client: TorchServeClient) -> str | None:
         upstreams=(client.endpoints.inference.split("//")[1],),
         key_run_dir=RUN_DIR,
         models=(MODEL_NAME,),
+        explain_pools=True,
     )
     stop_front(spec.prefix)  # a front left by an earlier demo holds an older server's key
     try:

@@ -48,7 +48,8 @@ def stack(tmp_path_factory, exported_small):
     store = root / "store"
     torchserve.archive(exported_small.out_dir, store, "small", "torchscript")
     torchserve.archive(exported_small.out_dir, store, "small_onnx", "onnx")
-    server = torchserve.start(root / "run", store)
+    # each model also as <model>-explain with one worker, where the front sends explanations
+    server = torchserve.start(root / "run", store, explain_pools=True)
     (port,) = free_ports(1)
     spec = FrontSpec(
         (server.client.endpoints.inference.split("//")[1],),
@@ -58,6 +59,7 @@ def stack(tmp_path_factory, exported_small):
         prefix=root / "nginx",
         key_run_dir=server.run_dir,
         models=MODELS,
+        explain_pools=True,
     )
     try:
         start_front(spec)
@@ -97,6 +99,21 @@ def test_explanations_answer_like_predictions_with_a_heat_map(stack, exported_sm
     assert Image.open(io.BytesIO(base64.b64decode(body["overlay_png"]))).size == (size, size)
     chosen = post(stack, "explanations", model, photo, target="delta").json()
     assert chosen["explanation"]["target"] == "delta"
+
+
+def test_explanations_run_in_their_own_workers(stack):
+    """Through the front, explanations reach <model>-explain (one worker of its own) and
+    predictions the model's workers, as TorchServe's access log records them."""
+    client = stack.server.client
+    assert sorted(client.models()) == sorted([*MODELS, *(f"{m}-explain" for m in MODELS)])
+    assert len(client.describe("small-explain")["workers"]) == 1
+    photo = real_images()[3].read_bytes()
+    assert post(stack, "explanations", "small", photo).status_code == 200
+    assert post(stack, "predictions", "small", photo).status_code == 200
+    access = (stack.server.log_dir / "access_log.log").read_text().splitlines()
+    assert any('"POST /explanations/small-explain HTTP' in line for line in access)
+    assert not any('"POST /explanations/small HTTP' in line for line in access)
+    assert any('"POST /predictions/small HTTP' in line for line in access)
 
 
 def test_bad_explanation_requests_get_the_same_4xx_as_predictions(stack):

@@ -29,14 +29,23 @@ def archive(export_dir: Path, store: Path, name: str, backend: str, **changes: A
     return build_archive(spec.replace(**changes))
 
 
-def start(run_dir: Path, store: Path, *settings: str, timeout: float = 300) -> RunningServer:
+def start(
+    run_dir: Path, store: Path, *settings: str, timeout: float = 300, explain_pools: bool = False
+) -> RunningServer:
     """A TorchServe with every listener on its own free port (started again on new ports if
     another process took one first); `settings` are config.properties KEY=VALUE overrides.
     Raises AssertionError, with the reason, if it does not come up."""
     components.require("java")
     components.record("torchserve")
     overrides = dict(s.split("=", 1) for s in settings)
-    spec = ServerSpec(run_dir, store, overrides=overrides, ready_timeout_s=timeout, free_ports=True)
+    spec = ServerSpec(
+        run_dir,
+        store,
+        overrides=overrides,
+        ready_timeout_s=timeout,
+        free_ports=True,
+        explain_pools=explain_pools,
+    )
     try:
         return start_server(spec)
     except ServeError as exc:

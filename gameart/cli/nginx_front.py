@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gameart.cli.common import comma_list, command_parser, run_dir_parent
 from gameart.ops.client import TorchServeClient, TorchServeError
+from gameart.ops.explain_pool import is_pool
 from gameart.ops.nginx import (
     DEFAULT_PREFIX,
     FrontError,
@@ -36,11 +37,12 @@ def start(args: argparse.Namespace) -> int:
     if not upstreams:
         inference = TorchServeClient.from_run_dir(args.run_dir).endpoints.inference
         upstreams = (inference.split("//")[1],)
-    models: tuple[str, ...] = ()
+    served: list[str] = []
     try:  # what the playground offers; a front for other instances may not see this one
-        models = tuple(TorchServeClient.from_run_dir(args.run_dir, timeout=5).models())
+        served = TorchServeClient.from_run_dir(args.run_dir, timeout=5).models()
     except (TorchServeError, OSError) as exc:
         print(f"(the playground will ask for the model's name: {exc})")
+    models = tuple(model for model in served if not is_pool(model))
     spec = FrontSpec(
         upstreams,
         args.listen,
@@ -49,6 +51,7 @@ def start(args: argparse.Namespace) -> int:
         args.prefix,
         key_run_dir=args.run_dir if args.add_key else None,
         models=models,
+        explain_pools=any(is_pool(model) for model in served),  # serve.py start --explain-pool
     )
     pid = start_front(spec)
     if args.add_key:
@@ -56,7 +59,8 @@ def start(args: argparse.Namespace) -> int:
     print(
         f"nginx pid {pid}: http://{spec.listen} -> {', '.join(upstreams)} "
         f"(rate {spec.rate_per_s:g}/s, burst {spec.burst}"
-        f"{', adds the inference key' if args.add_key else ''})\n"
+        f"{', adds the inference key' if args.add_key else ''}"
+        f"{', explanations to the -explain pools' if spec.explain_pools else ''})\n"
         f"playground: http://{spec.listen}/playground/"
     )
     return 0

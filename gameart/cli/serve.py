@@ -36,6 +36,7 @@ def start(args: argparse.Namespace) -> int:
         log_config=args.log_config,
         overrides=key_values(args.set),
         ready_timeout_s=args.timeout,
+        explain_pools=args.explain_pool,
     )
     if args.foreground:
         return supervise(spec, grace_s=args.grace)
@@ -131,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --foreground: seconds from SIGTERM to stopped, draining included; keep the "
         "runtime's grace (docker --stop-timeout, terminationGracePeriodSeconds) at least this "
         "(default: %(default)s, Docker's default)",
+    )
+    start_cmd.add_argument(
+        "--explain-pool",
+        action="store_true",
+        help="serve each model a second time as <model>-explain with one worker, for "
+        "/explanations (the nginx front sends them there), so predictions never queue behind one",
     )
     start_cmd.set_defaults(func=start)
     commands.add_parser("stop", help="stop the server and its workers").set_defaults(func=stop)

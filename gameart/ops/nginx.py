@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gameart.ops.client import KEY_FILE, TorchServeError, read_tokens
+from gameart.ops.explain_pool import SUFFIX
 from gameart.paths import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf"
@@ -48,6 +49,7 @@ class FrontSpec:
     # the run dir of the server whose inference key nginx adds (None: clients send their own)
     key_run_dir: Path | None = None
     models: tuple[str, ...] = ()  # offered by the playground page
+    explain_pools: bool = False  # send /explanations/<m> to <m>-explain (gameart/ops/explain_pool)
 
 
 def render(spec: FrontSpec, prefix: Path) -> str:
@@ -65,6 +67,11 @@ def render(spec: FrontSpec, prefix: Path) -> str:
         "BURST": str(spec.burst),
         "PREFIX": str(prefix),
         "PLAYGROUND": str(published_playground()),
+        "EXPLAIN_POOL": (
+            f"rewrite ^/explanations/([A-Za-z0-9_.-]+)$ /explanations/$1{SUFFIX} break;"
+            if spec.explain_pools
+            else "# explanations go to the model's own workers"
+        ),
         # model names are [A-Za-z0-9_.-] (TorchServe's rule), safe inside nginx's quotes
         "PLAYGROUND_CONFIG": json.dumps({"models": list(spec.models)}),
     }.items():

@@ -30,6 +30,7 @@ from gameart.ops.client import (
     read_tokens,
 )
 from gameart.ops.environment import EnvironmentProblem, find_java
+from gameart.ops.explain_pool import load_models_with_pools, shrink_pools
 from gameart.ops.keys import token_authorisation_on
 from gameart.ops.ports import free_ports
 from gameart.ops.properties import (
@@ -68,6 +69,8 @@ class ServerSpec:
     # TorchServe's launcher stays a child of this process (`torchserve --foreground`), so a
     # supervisor sees the server die at once; otherwise it is left running on its own.
     attached: bool = False
+    # each model also as <model>-explain, one worker, for /explanations (gameart/ops/explain_pool)
+    explain_pools: bool = False
 
     def replace(self, **changes: Any) -> ServerSpec:
         return dataclasses.replace(self, **changes)
@@ -196,6 +199,8 @@ def _start_once(
     (run_dir / DRAINING_FILE).unlink(missing_ok=True)
 
     settings = {"model_store": str(model_store), **absolute_paths(spec.config), **overrides}
+    if spec.explain_pools and "load_models" not in overrides:
+        settings["load_models"] = load_models_with_pools(mars)
     config_path = run_dir / "config.properties"
     config_path.write_text(effective_config(spec.config, settings))
     load_models = read_properties(config_path).get("load_models", "all")
@@ -251,6 +256,8 @@ def _start_once(
     client = TorchServeClient.from_run_dir(run_dir)
     try:
         state = client.wait_until_ready(expected, spec.ready_timeout_s, alive=alive)
+        if spec.explain_pools:
+            shrink_pools(client)
     except TorchServeError as exc:
         stop_server(run_dir)
         raise ServeError(
