@@ -52,11 +52,15 @@ def explain_crop(
     target: int,
     meta: ModelMeta,
     config: HandlerConfig,
+    deadline: float,
 ) -> dict[str, Any]:
     """The "explanation" of one decoded crop for class `target`: Grad-CAM where the TorchScript
     file has an `explain` method, occlusion through the backend otherwise (or if Grad-CAM
-    fails, e.g. fp16 backward on a CPU). Occlusion past the time limit is a 503."""
+    fails, e.g. fp16 backward on a CPU). Past `deadline` (time.monotonic(), the batch's), a
+    503: one not started, or an occlusion stopped."""
     started = time.monotonic()
+    if started > deadline:
+        raise _timeout(config, "the batch's earlier explanations used the time")
     batch = normalizer([crop])
     explain = getattr(getattr(backend, "module", None), EXPLAIN_METHOD, None)
     saliency = None
@@ -68,18 +72,21 @@ def explain_crop(
     if saliency is None:
         grid = config.explain_grid
         method, layer = OCCLUSION, f"input, {grid}x{grid} cells"
-        deadline = started + config.explain_timeout_s
         try:
             saliency = occlusion(backend, batch, target, grid=grid, deadline=deadline)
         except ExplainTimeout as exc:
-            raise ServerError(
-                f"the explanation took longer than {config.explain_timeout_s:g} s ({exc})",
-                status=503,
-                kind="ExplanationTimeout",
-            ) from exc
+            raise _timeout(config, str(exc)) from exc
     png = overlay_png(crop, saliency)
     ms = (time.monotonic() - started) * 1000
     return explanation_body(method, layer, meta.class_names[target], saliency, png, ms)
+
+
+def _timeout(config: HandlerConfig, detail: str) -> ServerError:
+    return ServerError(
+        f"explanations get {config.explain_timeout_s:g} s per batch ({detail}); try again",
+        status=503,
+        kind="ExplanationTimeout",
+    )
 
 
 def resolve_target(
@@ -91,7 +98,7 @@ def resolve_target(
     text = requested.strip()
     if text in class_names:
         return class_names.index(text)
-    if text.isdigit() and int(text) < len(class_names):
+    if text.isascii() and text.isdigit() and int(text) < len(class_names):
         return int(text)
     raise InvalidInput(f"target must be one of {class_names} or an index below {len(class_names)}")
 

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -193,14 +194,17 @@ class ImageClassifierService:
             computed = self.infer([item for item in self._waiting(items) if item.crop is not None])
         explained = [item for item in items if item.explain and item.error is None]
         if explained:
+            # one time limit for the batch's explanations: the predictions batched with them wait
+            deadline = time.monotonic() + self.config.explain_timeout_s
             with clock.stage("explain"):
                 for item in explained:
-                    self.guarded(item, "explain", self.explain)
+                    work = functools.partial(self.explain, deadline=deadline)
+                    self.guarded(item, "explain", work)
         with clock.stage("answer"):
             answers = [self.answer(item, context) for item in items]
         try:  # bookkeeping: its failure must not cost the answers already made
             self.store(computed)
-            self._emit_cache_metrics(context, hits, len(computed))
+            self._emit_cache_metrics(context, hits, sum(bool(i.cache_key) for i in computed))
             clock.emit(context, self.metric_name)
         except Exception:
             log.exception("storing answers in the cache or reporting metrics failed")
@@ -339,7 +343,7 @@ class ImageClassifierService:
         for item, row in zip(items, rows, strict=True):
             item.probabilities = row
 
-    def explain(self, item: Item) -> None:
+    def explain(self, item: Item, deadline: float) -> None:
         item.explanation = explain_crop(
             self.backend,
             self.normalizer,
@@ -347,6 +351,7 @@ class ImageClassifierService:
             resolve_target(item.target, self.meta.class_names, item.probabilities),
             self.meta,
             self.config,
+            deadline,
         )
 
     def build_answer(self, item: Item) -> None:
@@ -375,8 +380,9 @@ class ImageClassifierService:
         return json.dumps(body, separators=(",", ":"))
 
     def store(self, items: list[Item]) -> None:
-        if self.cache is not None and items:
-            self.cache.set_many({item.cache_key: item.probabilities for item in items})
+        keyed = {item.cache_key: item.probabilities for item in items if item.cache_key}
+        if self.cache is not None and keyed:  # explanations skip the cache: no key
+            self.cache.set_many(keyed)
 
     def _emit_cache_metrics(self, context: Any, hits: int, computed: int) -> None:
         """Counters CacheHits/CacheMisses/CacheErrors for Prometheus (declared in metrics.yaml)."""

@@ -9,6 +9,7 @@ Set GAMEART_SCREENSHOTS=<dir> to keep the screenshots (docs/images/ holds the RE
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
 import time
@@ -114,6 +115,37 @@ def test_explanations_run_in_their_own_workers(stack):
     assert any('"POST /explanations/small-explain HTTP' in line for line in access)
     assert not any('"POST /explanations/small HTTP' in line for line in access)
     assert any('"POST /predictions/small HTTP' in line for line in access)
+
+
+def test_a_client_cannot_make_a_prediction_an_explanation_or_use_a_pool(stack):
+    """Only the front's /explanations route (rate-limited, sent to the pool) explains: a client's
+    own `Explain: True` on a prediction does nothing. TorchServe 0.12 already keeps it from the
+    handler (checked directly); the front strips it as well, for a TorchServe that would not.
+    Pools take no predictions."""
+    photo = real_images()[0].read_bytes()
+    spoofed = requests.post(
+        f"{stack.front}/predictions/small",
+        data=photo,
+        headers={"Content-Type": "application/octet-stream", "Explain": "True"},
+        timeout=60,
+    )
+    assert spoofed.status_code == 200 and "explanation" not in spoofed.json()
+    assert post(stack, "predictions", "small-explain", photo).status_code == 404
+
+
+def test_stopping_the_front_stops_its_key_watcher(stack, tmp_path):
+    import psutil
+
+    (port,) = free_ports(1)
+    spec = dataclasses.replace(stack.spec, listen=f"127.0.0.1:{port}", prefix=tmp_path / "nginx")
+    start_front(spec)
+    watcher = start_key_watcher(spec)
+    published = Path((spec.prefix / "playground.path").read_text())
+    assert psutil.pid_exists(watcher) and (published / "index.html").is_file()
+    stop_front(spec.prefix)
+    psutil.Process(watcher).wait(timeout=10)  # raises if it is still running
+    assert not published.exists()
+    assert requests.get(f"{stack.front}/playground/", timeout=10).status_code == 200  # the other
 
 
 def test_bad_explanation_requests_get_the_same_4xx_as_predictions(stack):

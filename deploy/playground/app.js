@@ -5,7 +5,8 @@
 
 const TOP_K = 5;
 const $ = (id) => document.getElementById(id);
-let current = null; // {blob, url} of the image on show
+let current = null; // {blob, url, id} of the image on show
+let latest = 0; // the newest image's id: answers for an older one are dropped
 
 // What a person should read for each refusal (the server's own message is added after it).
 function explainFailure(status, body) {
@@ -83,12 +84,20 @@ async function explain() {
     figure.hidden = true;
     return;
   }
+  const asked = current;
   $("status").textContent = "Working out where the model looked…";
-  const reply = await post("explanations", current.blob);
+  let reply;
+  try {
+    reply = await post("explanations", asked.blob);
+  } catch (error) {
+    reply = { ok: false, status: 0, body: { message: error.message } };
+  }
+  if (asked.id !== latest) return; // a newer image is on show
   $("status").textContent = "";
   if (!reply.ok) {
     figure.hidden = true;
-    showError(explainFailure(reply.status, reply.body));
+    showError(reply.status ? explainFailure(reply.status, reply.body)
+      : `Could not reach the server (${reply.body.message}).`);
     return;
   }
   const explanation = reply.body.explanation;
@@ -105,17 +114,21 @@ async function classify(blob) {
   }
   showError("");
   if (current) URL.revokeObjectURL(current.url);
-  current = { blob, url: URL.createObjectURL(blob) };
+  latest += 1;
+  current = { blob, url: URL.createObjectURL(blob), id: latest };
+  const asked = current;
   $("status").textContent = "Asking the model…";
   $("answer").setAttribute("aria-busy", "true");
   let reply;
   try {
     reply = await post("predictions", blob);
   } catch (error) {
+    if (asked.id !== latest) return;
     $("status").textContent = "";
     showError(`Could not reach the server (${error.message}).`);
     return;
   }
+  if (asked.id !== latest) return; // a newer image is on show
   $("status").textContent = "";
   $("answer").removeAttribute("aria-busy");
   if (!reply.ok) {

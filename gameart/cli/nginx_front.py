@@ -43,6 +43,11 @@ def start(args: argparse.Namespace) -> int:
     except (TorchServeError, OSError) as exc:
         print(f"(the playground will ask for the model's name: {exc})")
     models = tuple(model for model in served if not is_pool(model))
+    if args.add_key and len(upstreams) > 1:
+        raise FrontError(
+            "--add-key adds one server's key: it cannot front several instances (their keys "
+            "differ; run them without token authorisation behind your own, as deploy/k8s does)"
+        )
     spec = FrontSpec(
         upstreams,
         args.listen,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,6 +32,9 @@ from gameart.paths import REPO_ROOT
 TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf"
 PLAYGROUND = REPO_ROOT / "deploy" / "playground"
 KEY_INCLUDE = "inference_key.conf"  # in the prefix: the Authorization header nginx adds
+WATCHER_PID = "key_watch.pid"  # in the prefix: the watcher started beside nginx
+PLAYGROUND_RECORD = "playground.path"  # in the prefix: where the page's files were published
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # TorchServe's rule for model names
 DEFAULT_PREFIX = REPO_ROOT / ".run" / "nginx"
 
 
@@ -55,6 +59,8 @@ class FrontSpec:
 def render(spec: FrontSpec, prefix: Path) -> str:
     if not spec.upstreams:
         raise FrontError("no upstream: give at least one TorchServe inference host:port")
+    if bad := [m for m in spec.models if not MODEL_NAME.fullmatch(m)]:
+        raise FrontError(f"model names must match {MODEL_NAME.pattern}: {bad}")
     text = TEMPLATE.read_text()
     servers = "\n".join(
         f"        server {upstream} max_fails=1 fail_timeout={spec.fail_timeout_s}s;"
@@ -66,26 +72,37 @@ def render(spec: FrontSpec, prefix: Path) -> str:
         "RATE": f"{spec.rate_per_s:g}",
         "BURST": str(spec.burst),
         "PREFIX": str(prefix),
-        "PLAYGROUND": str(published_playground()),
+        "PLAYGROUND": str(published_playground(prefix)),
         "EXPLAIN_POOL": (
-            f"rewrite ^/explanations/([A-Za-z0-9_.-]+)$ /explanations/$1{SUFFIX} break;"
+            "rewrite ^/explanations/([A-Za-z0-9_.-]+)(/[A-Za-z0-9_.-]+)?$ "
+            f"/explanations/$1{SUFFIX}$2 break;"
             if spec.explain_pools
             else "# explanations go to the model's own workers"
         ),
-        # model names are [A-Za-z0-9_.-] (TorchServe's rule), safe inside nginx's quotes
+        # model names are checked above: safe inside nginx's quotes
         "PLAYGROUND_CONFIG": json.dumps({"models": list(spec.models)}),
     }.items():
         text = text.replace("{{" + key + "}}", value)
     return text
 
 
-def published_playground() -> Path:
+def published_playground(prefix: Path) -> Path:
     """The page's files where nginx's workers can read them: started as root, nginx serves as
-    `nobody`, which cannot enter a private checkout or run dir. The page holds no secret."""
-    target = Path(tempfile.gettempdir()) / f"gameart-playground-{os.getuid()}"
-    shutil.copytree(PLAYGROUND, target, dirs_exist_ok=True)
-    for path in [target, *target.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    `nobody`, which cannot enter a private checkout or run dir. A fresh directory of our own
+    (mkdtemp: no other user can have prepared it), recorded in the prefix and reused by reloads,
+    removed by stop_front. The page holds no secret."""
+    record = prefix / PLAYGROUND_RECORD
+    if record.is_file():
+        target = Path(record.read_text().strip())
+        if target.is_dir() and not target.is_symlink() and target.stat().st_uid == os.getuid():
+            return target
+    target = Path(tempfile.mkdtemp(prefix="gameart-playground-"))
+    for source in PLAYGROUND.iterdir():
+        if source.is_file():
+            shutil.copyfile(source, target / source.name)
+            (target / source.name).chmod(0o644)
+    target.chmod(0o755)
+    record.write_text(str(target))
     return target
 
 
@@ -154,24 +171,44 @@ def write_key_include(spec: FrontSpec) -> bool:
 
 
 def watch_key(spec: FrontSpec, poll_s: float = 1.0) -> int:
-    """Until nginx exits: when the server's key file changes, rewrite the header and reload
-    nginx (renewal happens at half the key's lifetime, so there is ample time). Reloads made."""
+    """Until the nginx running now stops: when the server's key file changes, rewrite the header
+    and reload nginx (renewal happens at half the key's lifetime, so there is ample time).
+    Reloads made."""
     pid_file = spec.prefix.resolve() / "nginx.pid"
     key_file = Path(spec.key_run_dir or ".") / KEY_FILE
+    nginx_pid = _read_pid(pid_file)
     seen, reloads = None, 0
-    while pid_file.is_file():
+    # ends with that nginx: a later one (a new start) has its own watcher
+    while nginx_pid is not None and _read_pid(pid_file) == nginx_pid and _alive(nginx_pid):
         stamp = key_file.stat().st_mtime_ns if key_file.is_file() else None
         if stamp != seen:
             seen = stamp
             try:
                 if write_key_include(spec):
-                    os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)
+                    os.kill(nginx_pid, signal.SIGHUP)
                     reloads += 1
             except (OSError, ValueError, TorchServeError) as exc:  # read again at the next poll
                 print(f"could not refresh the key yet: {exc}", flush=True)
                 seen = None
         time.sleep(poll_s)
     return reloads
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def start_key_watcher(spec: FrontSpec) -> int:
@@ -195,19 +232,44 @@ def start_key_watcher(spec: FrontSpec) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    (prefix / WATCHER_PID).write_text(str(process.pid))
     return process.pid
 
 
 def stop_front(prefix: Path = DEFAULT_PREFIX) -> bool:
-    """Stop nginx gracefully (in-flight requests finish). True if one was running."""
-    pid_file = prefix.resolve() / "nginx.pid"
+    """Stop nginx gracefully (in-flight requests finish), its key watcher, and remove the
+    page's published copy. True if nginx was running."""
+    prefix = prefix.resolve()
+    _stop_watcher(prefix / WATCHER_PID)
+    pid_file = prefix / "nginx.pid"
     if not pid_file.is_file():
         return False
-    pid = int(pid_file.read_text().strip())
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGQUIT)
+    pid = _read_pid(pid_file)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
     for _ in range(100):
         if not pid_file.exists():
             break
         time.sleep(0.1)
+    record = prefix / PLAYGROUND_RECORD
+    if record.is_file():
+        published = Path(record.read_text().strip())
+        if published.name.startswith("gameart-playground-") and not published.is_symlink():
+            shutil.rmtree(published, ignore_errors=True)
+        record.unlink()
     return True
+
+
+def _stop_watcher(pid_file: Path) -> None:
+    """The watcher, if that pid is still it (a pid can be reused by another process)."""
+    pid = _read_pid(pid_file)
+    pid_file.unlink(missing_ok=True)
+    if pid is None:
+        return
+    try:
+        if b"watch-key" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+        os.kill(pid, signal.SIGTERM)
+    except OSError:  # gone already
+        return

@@ -199,7 +199,12 @@ def _start_once(
     (run_dir / DRAINING_FILE).unlink(missing_ok=True)
 
     settings = {"model_store": str(model_store), **absolute_paths(spec.config), **overrides}
-    if spec.explain_pools and "load_models" not in overrides:
+    if spec.explain_pools:
+        if (
+            settings.get("load_models", read_properties(spec.config).get("load_models", "all"))
+            != "all"
+        ):
+            raise ServeError("explanation pools load every archive: they need load_models=all")
         settings["load_models"] = load_models_with_pools(mars)
     config_path = run_dir / "config.properties"
     config_path.write_text(effective_config(spec.config, settings))
