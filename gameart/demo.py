@@ -167,7 +167,7 @@ def open_playground(client: TorchServeClient) -> str | None:
     """The nginx front on loopback, adding the inference key, with the playground page; its
     URL, or None (with the reason printed) when it cannot start, e.g. the port is taken."""
     spec = FrontSpec(
-        upstreams=(client.endpoints.inference.split("//")[1],),
+        upstreams=(client.endpoints.inference_host_port,),
         key_run_dir=RUN_DIR,
         models=(MODEL_NAME,),
         explain_pools=True,

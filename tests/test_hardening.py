@@ -292,7 +292,7 @@ def test_nginx_rate_limits_and_proxies_only_inference(server, tmp_path):
     require("nginx")
     (port,) = free_ports(1)
     prefix = tmp_path / "nginx"
-    upstream = server.client.endpoints.inference.split("//")[1]
+    upstream = server.client.endpoints.inference_host_port
     assert (
         nginx_front.main(
             [

@@ -53,7 +53,7 @@ def stack(tmp_path_factory, exported_small):
     server = torchserve.start(root / "run", store, explain_pools=True)
     (port,) = free_ports(1)
     spec = FrontSpec(
-        (server.client.endpoints.inference.split("//")[1],),
+        (server.client.endpoints.inference_host_port,),
         listen=f"127.0.0.1:{port}",
         rate_per_s=50,
         burst=50,

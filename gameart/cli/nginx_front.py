@@ -35,8 +35,7 @@ DEFAULTS = FrontSpec(upstreams=())
 def start(args: argparse.Namespace) -> int:
     upstreams = tuple(args.upstream or ())
     if not upstreams:
-        inference = TorchServeClient.from_run_dir(args.run_dir).endpoints.inference
-        upstreams = (inference.split("//")[1],)
+        upstreams = (TorchServeClient.from_run_dir(args.run_dir).endpoints.inference_host_port,)
     served: list[str] = []
     try:  # what the playground offers; a front for other instances may not see this one
         served = TorchServeClient.from_run_dir(args.run_dir, timeout=5).models()

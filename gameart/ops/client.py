@@ -114,6 +114,11 @@ class Endpoints:
     def inference_port(self) -> int:
         return urlsplit(self.inference).port or 80
 
+    @property
+    def inference_host_port(self) -> str:
+        """host:port of the inference API, as a proxy's upstream names it."""
+        return urlsplit(self.inference).netloc
+
     @classmethod
     def from_properties(cls, props: dict[str, str]) -> Endpoints:
         return cls(

@@ -25,8 +25,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from gameart.ops.client import KEY_FILE, TorchServeError, read_tokens
 from gameart.ops.explain_pool import SUFFIX
+from gameart.ops.processes import terminate_if_ours
 from gameart.paths import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx.conf"
@@ -179,7 +182,9 @@ def watch_key(spec: FrontSpec, poll_s: float = 1.0) -> int:
     nginx_pid = _read_pid(pid_file)
     seen, reloads = None, 0
     # ends with that nginx: a later one (a new start) has its own watcher
-    while nginx_pid is not None and _read_pid(pid_file) == nginx_pid and _alive(nginx_pid):
+    while (
+        nginx_pid is not None and _read_pid(pid_file) == nginx_pid and psutil.pid_exists(nginx_pid)
+    ):
         stamp = key_file.stat().st_mtime_ns if key_file.is_file() else None
         if stamp != seen:
             seen = stamp
@@ -199,16 +204,6 @@ def _read_pid(pid_file: Path) -> int | None:
         return int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def start_key_watcher(spec: FrontSpec) -> int:
@@ -262,14 +257,5 @@ def stop_front(prefix: Path = DEFAULT_PREFIX) -> bool:
 
 
 def _stop_watcher(pid_file: Path) -> None:
-    """The watcher, if that pid is still it (a pid can be reused by another process)."""
-    pid = _read_pid(pid_file)
+    terminate_if_ours(_read_pid(pid_file), "watch-key")
     pid_file.unlink(missing_ok=True)
-    if pid is None:
-        return
-    try:
-        if b"watch-key" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return
-        os.kill(pid, signal.SIGTERM)
-    except OSError:  # gone already
-        return

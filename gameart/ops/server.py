@@ -7,7 +7,6 @@ benchmarks can run their own instance beside a demo server without clashing.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -33,6 +32,7 @@ from gameart.ops.environment import EnvironmentProblem, find_java
 from gameart.ops.explain_pool import load_models_with_pools, shrink_pools
 from gameart.ops.keys import token_authorisation_on
 from gameart.ops.ports import free_ports
+from gameart.ops.processes import terminate_if_ours
 from gameart.ops.properties import (
     absolute_paths,
     checked_overrides,
@@ -347,11 +347,8 @@ def stop_server(run_dir: Path, timeout: float = 60.0) -> bool:
     if not record_file.is_file():
         return False
     record = json.loads(record_file.read_text())
-    renewer = record.get("key_renewer_pid")
-    with contextlib.suppress(psutil.Error):  # only if that pid is still our renewer
-        process = psutil.Process(renewer) if renewer else None
-        if process and "gameart.cli.renew_keys" in " ".join(process.cmdline()):
-            process.terminate()  # it would exit with the server anyway
+    # it would exit with the server anyway
+    terminate_if_ours(record.get("key_renewer_pid"), "gameart.cli.renew_keys")
     pid = recorded_pid(run_dir)
     if pid is not None:
         try:
