@@ -5,6 +5,7 @@ host against a real TorchServe; tests/test_container.py repeats the stop through
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import signal
 import socket
@@ -80,6 +81,21 @@ def _supervisor(run_dir: Path, store: Path, grace: float) -> subprocess.Popen[st
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
+@contextlib.contextmanager
+def _supervised(tmp_path: Path, store: Path, grace: float = 10):
+    """(process, run_dir) of `serve.py start --foreground`; afterwards nothing is left running,
+    whatever the test did to it."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    process = _supervisor(run_dir, store, grace)
+    try:
+        yield process, run_dir
+    finally:
+        if process.poll() is None:
+            process.kill()
+        torchserve.stop_leftovers(run_dir)
+
+
 def _wait_ready(process: subprocess.Popen[str], run_dir: Path, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,10 +129,7 @@ def cover_store(tmp_path, exported_cover) -> Path:
 @pytest.mark.integration
 def test_sigterm_drains_accepted_requests_and_stops_within_the_grace(tmp_path, cover_store):
     components.require("java", "ss")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    process = _supervisor(run_dir, cover_store, grace=10)
-    try:
+    with _supervised(tmp_path, cover_store) as (process, run_dir):
         _wait_ready(process, run_dir)
         client = TorchServeClient.from_run_dir(run_dir)
         images = [path.read_bytes() for path in real_images()[:4]]
@@ -146,10 +159,6 @@ def test_sigterm_drains_accepted_requests_and_stops_within_the_grace(tmp_path, c
             answers = [future.result() for future in futures]
         exit_code = process.wait(timeout=15)
         took = time.monotonic() - signalled
-    finally:
-        if process.poll() is None:
-            process.kill()
-        torchserve.stop_leftovers(run_dir)
     log = (tmp_path / "supervisor.log").read_text()
     for index, (status, body) in enumerate(answers):
         assert status == 200, (index, body, log)
@@ -166,10 +175,7 @@ def test_sigterm_drains_accepted_requests_and_stops_within_the_grace(tmp_path, c
 @pytest.mark.integration
 def test_supervisor_exits_when_torchserve_dies(tmp_path, cover_store):
     components.require("java")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    process = _supervisor(run_dir, cover_store, grace=10)
-    try:
+    with _supervised(tmp_path, cover_store) as (process, run_dir):
         _wait_ready(process, run_dir)
         log_file = tmp_path / "supervisor.log"
         while "ready:" not in log_file.read_text():  # the supervisor is past its start
@@ -179,10 +185,6 @@ def test_supervisor_exits_when_torchserve_dies(tmp_path, cover_store):
         killed = time.monotonic()
         exit_code = process.wait(timeout=20)
         noticed = time.monotonic() - killed
-    finally:
-        if process.poll() is None:
-            process.kill()
-        torchserve.stop_leftovers(run_dir)
     log = (tmp_path / "supervisor.log").read_text()
     assert exit_code == 1, log  # non-zero: the container ends and is restarted
     assert noticed < 10, f"took {noticed:.1f}s to notice"
@@ -194,10 +196,7 @@ def test_supervisor_exits_when_torchserve_dies(tmp_path, cover_store):
 @pytest.mark.integration
 def test_sigterm_during_start_up_stops_at_once(tmp_path, cover_store):
     components.require("java")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    process = _supervisor(run_dir, cover_store, grace=10)
-    try:
+    with _supervised(tmp_path, cover_store) as (process, run_dir):
         deadline = time.monotonic() + 60
         while not (run_dir / SERVER_FILE).exists() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -206,10 +205,6 @@ def test_sigterm_during_start_up_stops_at_once(tmp_path, cover_store):
         process.send_signal(signal.SIGTERM)
         exit_code = process.wait(timeout=30)
         took = time.monotonic() - signalled
-    finally:
-        if process.poll() is None:
-            process.kill()
-        torchserve.stop_leftovers(run_dir)
     log = (tmp_path / "supervisor.log").read_text()
     assert exit_code == 0, log
     assert took < 10, f"{took:.1f}s from SIGTERM to exit during start-up"
