@@ -37,6 +37,10 @@ class HandlerConfig:
     # after the CPU checked their headers. auto: on for GPU workers; on: on any device (on a
     # CPU, torchvision's libjpeg-turbo decoder, one call per batch); off: Pillow per item.
     gpu_decode: str = "auto"
+    # A batch split into this many micro-batches, the next one decoded while the model runs on
+    # this one (handler/overlap.py). 0: auto, 2 on GPU workers (decode and model on two CUDA
+    # streams) and 1 on CPU workers, whose cores the model already keeps busy; 1: no overlap.
+    overlap_chunks: int = 0
     warmup: bool = True
     keep_freed_memory: bool = True  # glibc malloc tuning, see handler/allocator.py
     # Redis cache of answers (see handler/cache.py): off unless a URL is set here or in the
@@ -73,6 +77,8 @@ class HandlerConfig:
             raise ValueError("int8 is an ONNX Runtime model: use backend onnx")
         if self.gpu_decode not in ("auto", "on", "off"):
             raise ValueError(f"gpu_decode must be auto, on or off, got {self.gpu_decode!r}")
+        if not 0 <= self.overlap_chunks <= 64:
+            raise ValueError("overlap_chunks must be between 0 (auto) and 64")
         if self.top_k < 1:
             raise ValueError("top_k must be at least 1")
         if self.max_image_bytes < 1 or self.max_image_pixels < 1 or self.max_aspect_ratio < 1:
@@ -100,6 +106,12 @@ class HandlerConfig:
     def batch_jpeg_decode(self, device: torch.device) -> bool:
         """Whether plain JPEGs go to the batch decoder on `device` (see gpu_decode)."""
         return self.gpu_decode == "on" or (self.gpu_decode == "auto" and device.type == "cuda")
+
+    def resolved_overlap_chunks(self, device: torch.device) -> int:
+        """Micro-batches per batch on `device` (see overlap_chunks)."""
+        if self.overlap_chunks:
+            return self.overlap_chunks
+        return 2 if device.type == "cuda" else 1
 
     def resolved_threads(self, workers_on_host: int) -> int:
         """Threads per worker: explicit, or the cores split between the host's workers.

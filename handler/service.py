@@ -1,9 +1,13 @@
 """TorchServe glue: load once per worker, then turn each batch of requests into answers.
 
+A batch goes: extract -> cache lookup -> prepare (header checks, decode, resize; see
+handler/preparation.py) -> model -> explain -> answer, with prepare of the next micro-batch
+overlapping the model call on this one where the worker splits batches (handler/overlap.py).
+
 Isolation is a mechanism here, not a list of caught exceptions:
-- every per-item stage (extract, decode + resize, answer) runs under one guard that turns any
-  exception into that item's error: its own 4xx where the request caused it, 507 when memory
-  ran out, 500 for a fault of the server's, logged with the item's index, never raised;
+- every per-item stage runs under items.guarded, which turns any exception into that item's
+  error: its own 4xx where the request caused it, 507 when memory ran out, 500 for a fault of
+  the server's, logged with the item's index, never raised;
 - the model call, the one place a failure touches several items, is retried in halves when it
   fails (within 1 + 2 log2(n) calls), so a poison item or a batch too big for the device costs
   only the items that cannot run.
@@ -19,9 +23,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,15 @@ from handler.allocator import keep_freed_memory
 from handler.backends import Backend, load_backend, select_device
 from handler.cache import RedisCache, image_key, model_identity
 from handler.config import HandlerConfig, live_workers_on_host
-from handler.decode import Inspected, decode_inspected, inspect_image
-from handler.errors import OIP, PayloadTooLarge, RequestError, ServerError
+from handler.errors import OIP, PayloadTooLarge, ServerError
 from handler.explain import explain_crop, resolve_target
-from handler.gpu_decode import BatchJpegDecoder, decode_eligibility, serves_model
 from handler.inputs import extract_image
+from handler.items import Item, guarded, server_error
+from handler.overlap import Overlap, split
 from handler.postprocess import answer, oip_answer, probabilities
+from handler.preparation import Preparer
 from handler.stage_metrics import StageClock
-from modelspec.imaging import Normalizer, resize_crop
+from modelspec.imaging import Normalizer
 from modelspec.meta import META_FILENAME, ModelMeta
 
 log = logging.getLogger(__name__)
@@ -50,33 +52,6 @@ CACHE_URL_ENV = "GAMEART_CACHE_URL"
 WORKER_DECODING_ENV = "TS_DECODE_INPUT_REQUEST"
 
 
-@dataclass
-class Item:
-    """One request on its way through the batch."""
-
-    index: int = 0
-    content_type: str = ""  # the HTTP request's, which says how to read its body
-    top_k: int = 0
-    protocol: str = ""  # inputs.OIP: answered in the Open Inference Protocol's format
-    request_id: str | None = None
-    explain: bool = False  # an /explanations request: the answer carries a saliency map
-    target: str | None = None  # the class to explain, as the request named it
-    image: bytes = b""
-    cache_key: str = ""
-    inspected: Inspected | None = None  # the header, once it passed every check
-    to_jpeg_decoder: bool = False  # decoded in the batch JPEG decoder (GPU), not on the CPU
-    crop: torch.Tensor | None = None  # (3, size, size) uint8, on the CPU or the model's device
-    probabilities: list[float] | None = None
-    explanation: dict[str, Any] | None = None
-    body: dict[str, Any] | None = None  # the answer, once built
-    from_cache: bool = False
-    error: RequestError | None = None
-
-    @property
-    def needs_model(self) -> bool:
-        return self.error is None and self.probabilities is None
-
-
 class ImageClassifierService:
     def __init__(self) -> None:
         self.initialized = False
@@ -84,8 +59,9 @@ class ImageClassifierService:
         self.meta: ModelMeta | None = None
         self.backend: Backend | None = None
         self.normalizer: Normalizer | None = None
-        self.pool: ThreadPoolExecutor | None = None
-        self.jpeg_decoder: BatchJpegDecoder | None = None
+        self.preparer: Preparer | None = None
+        self.overlap: Overlap | None = None
+        self.chunks = 1  # micro-batches per batch
         self.cache: RedisCache | None = None
         self.model_key = ""
         self.served_name = ""  # the name clients use; set by initialize
@@ -122,7 +98,7 @@ class ImageClassifierService:
             self.backend.device,
             threads,
             self.meta.num_classes,
-            "the model's device (batched)" if self.jpeg_decoder else "the CPU",
+            "the model's device (batched)" if self.preparer.jpeg_decoder else "the CPU",
         )
 
     def load(self, model_file: Path, device: torch.device, threads: int) -> None:
@@ -133,13 +109,11 @@ class ImageClassifierService:
         self.normalizer = Normalizer(
             self.meta.preprocess, self.backend.device, self.backend.input_dtype
         )
+        device = self.backend.device
         decode_threads = self.config.decode_threads or threads
-        self.pool = ThreadPoolExecutor(decode_threads) if decode_threads > 1 else None
-        if self.config.batch_jpeg_decode(self.backend.device):
-            if serves_model(self.meta.preprocess):
-                self.jpeg_decoder = BatchJpegDecoder(self.meta.preprocess, self.backend.device)
-            else:
-                log.info("JPEGs decode on the CPU: this model's decode policy is the exact path")
+        self.preparer = Preparer(self.meta.preprocess, self.config, device, decode_threads)
+        self.overlap = Overlap(device)
+        self.chunks = self.config.resolved_overlap_chunks(device)
 
     @property
     def metric_name(self) -> str:
@@ -186,12 +160,22 @@ class ImageClassifierService:
         ]
         with clock.stage("extract"):
             for item, request in zip(items, data, strict=True):
-                self.guarded(item, "extract", functools.partial(self.extract, request=request))
+                guarded(item, "extract", functools.partial(self.extract, request=request))
         with clock.stage("cache"):
             hits = self.lookup(items)
-        self.decode_all(self._waiting(items), clock)
-        with clock.stage("model"):
-            computed = self.infer([item for item in self._waiting(items) if item.crop is not None])
+        computed: list[Item] = []
+
+        def run_model(chunk: list[Item]) -> None:
+            with clock.stage("model"):
+                ready = [item for item in chunk if item.needs_model and item.crop is not None]
+                computed.extend(self.infer(ready))
+
+        self.overlap.run(
+            split(self._waiting(items), self.chunks),
+            functools.partial(self.prepare, clock=clock),
+            run_model,
+            clock,
+        )
         explained = [item for item in items if item.explain and item.error is None]
         if explained:
             # one time limit for the batch's explanations: the predictions batched with them wait
@@ -199,7 +183,7 @@ class ImageClassifierService:
             with clock.stage("explain"):
                 for item in explained:
                     work = functools.partial(self.explain, deadline=deadline)
-                    self.guarded(item, "explain", work)
+                    guarded(item, "explain", work)
         with clock.stage("answer"):
             answers = [self.answer(item, context) for item in items]
         try:  # bookkeeping: its failure must not cost the answers already made
@@ -223,15 +207,6 @@ class ImageClassifierService:
     @staticmethod
     def _waiting(items: list[Item]) -> list[Item]:
         return [item for item in items if item.needs_model]
-
-    def guarded(self, item: Item, stage: str, work: Callable[[Item], None]) -> None:
-        """Run one per-item stage; whatever it raises becomes this item's error, nothing more."""
-        try:
-            work(item)
-        except RequestError as error:
-            item.error = error
-        except Exception as exc:  # MemoryError and torch's allocation failures included
-            item.error = _server_error(exc, f"request {item.index}: {stage}")
 
     def extract(self, item: Item, request: dict[str, Any]) -> None:
         """The image bytes and options of one request."""
@@ -259,58 +234,17 @@ class ImageClassifierService:
                 item.probabilities, item.from_cache = cached, True
         return sum(item.from_cache for item in wanted)
 
-    def decode_all(self, items: list[Item], clock: StageClock) -> None:
-        """Headers checked on the CPU for all; plain JPEGs to the batch decoder when there is
-        one; the rest, and whatever it could not decode, on the CPU, per item."""
-        if self.jpeg_decoder is not None:
-            with clock.stage("inspect"):
-                for item in items:
-                    self.guarded(item, "inspect", self.route)
-            batch = [item for item in items if item.error is None and item.to_jpeg_decoder]
-            if batch:
-                with clock.stage("gpu_decode", self.backend.device):
-                    crops = self._batch_decode([item.image for item in batch])
-                for item, crop in zip(batch, crops, strict=True):
-                    item.crop = crop
-        rest = [item for item in items if item.error is None and item.crop is None]
-        if rest:
-            with clock.stage("decode"):
-                self._map(lambda it: self.guarded(it, "decode", self.decode), rest)
-
-    def inspect(self, item: Item) -> None:
-        """The header checks (inspect_image) under this worker's limits, once per item."""
-        if item.inspected is None:
-            item.inspected = inspect_image(
-                item.image,
-                max_pixels=self.config.max_image_pixels,
-                max_aspect_ratio=self.config.max_aspect_ratio,
-            )
-
-    def route(self, item: Item) -> None:
-        """Header checks, then whether the batch decoder takes this upload."""
-        self.inspect(item)
-        item.to_jpeg_decoder = not decode_eligibility(
-            item.inspected, item.image, self.meta.preprocess
-        )
-
-    def _batch_decode(self, uploads: list[bytes]) -> list[torch.Tensor | None]:
+    def prepare(self, chunk: list[Item], clock: StageClock) -> list[torch.Tensor]:
+        """Crops for one micro-batch. Per-item faults are already each item's own; a fault of
+        the preparer's own code fails the items of this micro-batch still without a crop."""
         try:
-            return self.jpeg_decoder(uploads)
-        except Exception:  # e.g. out of GPU memory: every item still has the CPU decoder
-            log.exception("batch JPEG decode of %d items failed; decoding on the CPU", len(uploads))
-            return [None] * len(uploads)
-
-    def decode(self, item: Item) -> None:
-        """Bytes -> a uint8 crop ready to batch, on the CPU."""
-        spec = self.meta.preprocess
-        self.inspect(item)
-        image = decode_inspected(
-            item.inspected,
-            policy=spec.decode,
-            draft_min_size=spec.draft_size(self.config.jpeg_draft_oversample),
-        )
-        item.inspected = None  # the decoded pixels are in the crop now; free the parser
-        item.crop = resize_crop(image, spec)
+            return self.preparer(chunk, clock=clock)
+        except Exception as exc:
+            failure = server_error(exc, f"preparing {len(chunk)} item(s)")
+            for item in chunk:
+                if item.error is None and item.crop is None:
+                    item.error = failure
+            return [item.crop for item in chunk if item.crop is not None and item.crop.is_cuda]
 
     def infer(self, items: list[Item]) -> list[Item]:
         """Run the model for the batch; on failure, in halves, so only failing items fail."""
@@ -331,7 +265,7 @@ class ImageClassifierService:
             rows = probabilities(logits, self.meta.num_classes)
         except Exception as exc:
             if len(items) == 1 or budget[0] < 2:
-                failure = _server_error(exc, f"model call on {len(items)} item(s)", model=True)
+                failure = server_error(exc, f"model call on {len(items)} item(s)", model=True)
                 for item in items:
                     item.error = failure
                 return
@@ -365,7 +299,7 @@ class ImageClassifierService:
     def answer(self, item: Item, context: Any) -> str:
         """The item's JSON answer or error; its status and content type on the context."""
         if item.error is None:
-            self.guarded(item, "answer", self.build_answer)
+            guarded(item, "answer", self.build_answer)
         if item.error is not None:
             context.set_response_status(item.error.status, item.error.reason_phrase, item.index)
             if item.protocol == OIP and item.error.protocol != OIP:
@@ -402,11 +336,6 @@ class ImageClassifierService:
             if value:
                 metrics.add_counter(name, value, None, dimensions)
 
-    def _map(self, function, items: list) -> list:
-        if self.pool is None or len(items) < 2:
-            return [function(item) for item in items]
-        return list(self.pool.map(function, items))
-
 
 def _header(context: Any, index: int, name: str) -> str:
     """One request header, whatever case the client wrote it in ("" when absent)."""
@@ -416,16 +345,3 @@ def _header(context: Any, index: int, name: str) -> str:
         return ""
     value = next((v for k, v in headers.items() if str(k).lower() == name), "")
     return value.decode("latin-1") if isinstance(value, (bytes, bytearray)) else str(value)
-
-
-def _server_error(exc: BaseException, where: str, model: bool = False) -> ServerError:
-    """The server's own failure for the items it touched: 507 when memory ran out, else 500
-    (InferenceFailed from the model call, InternalError from the handler's own code)."""
-    text = str(exc).lower()
-    if isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text:
-        log.error("%s: out of memory (%s)", where, exc)
-        return ServerError("the server ran out of memory", status=507, kind="OutOfResources")
-    log.exception("%s failed", where)
-    if model:
-        return ServerError("inference failed on the server; see the model log")
-    return ServerError("the server failed on this request; see the model log", kind="InternalError")

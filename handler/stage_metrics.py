@@ -3,12 +3,15 @@
 Each batch records the seconds it spent in each stage (extract, cache, inspect, decode,
 gpu_decode, model, answer) as one observation of HandlerStageSeconds{Stage=...}, declared as
 a histogram in metrics.yaml (seconds, so Prometheus' default buckets 5 ms..10 s resolve it).
-A GPU stage is timed to its completion (the stream is synchronised at its end), not to the
-moment its kernels were queued, so the figures add up to the batch's wall time.
+A GPU stage is timed to its completion (its thread's stream is synchronised at its end, not
+the whole device, so a stage beside it on another stream runs on), not to the moment its
+kernels were queued. Without overlap the figures add up to the batch's wall time; with it
+(handler/overlap.py) decode and model run side by side and their sum exceeds it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +26,7 @@ class StageClock:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()  # stages are timed from the overlap helper too
 
     @contextmanager
     def stage(self, name: str, device: torch.device | None = None) -> Iterator[None]:
@@ -31,8 +35,10 @@ class StageClock:
             yield
         finally:
             if device is not None and device.type == "cuda":
-                torch.cuda.synchronize(device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began
+                torch.cuda.current_stream(device).synchronize()
+            elapsed = time.perf_counter() - began
+            with self._lock:
+                self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
 
     def total_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1e3

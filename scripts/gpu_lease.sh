@@ -8,13 +8,22 @@
 #                                        # AOTInductor fp16 package, INT8; parity checked
 #   scripts/gpu_lease.sh model OUT       # model-only rows on the GPU (after export)
 #   scripts/gpu_lease.sh tests OUT       # the GPU-marked tests
-#   scripts/gpu_lease.sh e2e OUT [ARGS]  # scripts/gpu_e2e.py: ours / ours_cpu / stock / noop
+#   scripts/gpu_lease.sh e2e OUT [ARGS]  # scripts/gpu_e2e.py: ours / ours_serial / ours_cpu /
+#                                        # stock / noop
 #   scripts/gpu_lease.sh experiment OUT  # scripts/experiment.py on GPU workers
 #   scripts/gpu_lease.sh e2e-legacy OUT  # the 2026-11-23 end-to-end rows (benchmark.py)
 #   scripts/gpu_lease.sh issue13 OUT     # one call: export, end to end, model rows, in order of
 #                                        # importance, each step bounded so the call ends in time
+#   scripts/gpu_lease.sh ort-gpu OUT     # ONNX Runtime's CUDA provider: model rows and GPU tests,
+#                                        # with onnxruntime-gpu carried in parts (see below)
+#
+# MPS=1 before a phase runs it under NVIDIA's Multi-Process Service (when the machine has
+# nvidia-cuda-mps-control), so the workers' kernels share the GPU instead of taking turns.
+# onnxruntime-gpu (~250 MB, cp312) is too big for one transfer: split it with
+#   split -b 60M onnxruntime_gpu-*.whl .device/ort-gpu.whl.part-
+# and carry one part per call while the machine stays warm; this phase joins them.
 set -euo pipefail
-usage="usage: gpu_lease.sh export|model|tests|e2e|experiment|e2e-legacy OUT [ARGS]"
+usage="usage: gpu_lease.sh export|model|tests|e2e|experiment|e2e-legacy|issue13|ort-gpu OUT [ARGS]"
 phase=${1:?$usage}
 out=${2:?$usage}
 shift 2
@@ -31,6 +40,17 @@ if [ -x /tmp/jre/bin/java ]; then
     export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+if [ "${MPS:-0}" = 1 ]; then
+    if command -v nvidia-cuda-mps-control >/dev/null; then
+        # the workers inherit these from TorchServe, which inherits them from here
+        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps/log
+        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+        nvidia-cuda-mps-control -d && echo "MPS: on"
+        trap 'echo quit | nvidia-cuda-mps-control || true' EXIT
+    else
+        echo "MPS: off (no nvidia-cuda-mps-control on this machine)"
+    fi
+fi
 export_r50() {
     [ -f "$work/r50_export/model_meta.json" ] && return 0
     # random weights: serving cost depends on the architecture, not on the values
@@ -81,6 +101,23 @@ issue13)
         --rows aotinductor,torchscript | tail -30 || echo "model rows stopped: $?"
     cp "$work/results.json" "$work/results.md" "$out"/ || true
     exit 0  # at most 8 files come back from a lease: no plots of the model rows
+    ;;
+ort-gpu)
+    parts=(.device/ort-gpu.whl.part-*)
+    [ -f "${parts[0]}" ] || { echo "no .device/ort-gpu.whl.part-* carried"; exit 2; }
+    if [ ! -d /tmp/ort-gpu/onnxruntime ]; then
+        wheel=/tmp/onnxruntime_gpu-carried-py3-none-any.whl
+        cat "${parts[@]}" > "$wheel"
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ort-gpu "$wheel"
+    fi
+    export PYTHONPATH=/tmp/ort-gpu:$PYTHONPATH
+    python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+    export_r50
+    timeout 240 python3 scripts/benchmark.py --out "$work" --skip e2e,preprocess \
+        --devices cuda --export-dir "$work/r50_export" --cell-seconds 0.5 \
+        --rows onnxruntime,torchscript | tail -30 || echo "model rows stopped: $?"
+    python3 -m pytest -q -m gpu -p no:cacheprovider -p no:randomly tests -k onnx 2>&1 \
+        | tee "$out/gpu_tests_ort.log"
     ;;
 tests)
     python3 -m pytest -q -m gpu -p no:cacheprovider -p no:randomly tests "$@" 2>&1 \

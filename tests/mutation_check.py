@@ -25,6 +25,7 @@ UNIT = ["tests/test_service.py", "tests/test_decode_policy.py", "tests/test_prep
 ISOLATION = ["tests/test_isolation.py"]
 HTTP = ["tests/test_torchserve_integration.py"]
 GPU_DECODE = ["tests/test_gpu_decode.py"]
+OVERLAP = ["tests/test_overlap.py"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ MUTATIONS = [
     ),
     Mutation(
         "guard",  # the per-item guard catches only what the code expected
-        "handler/service.py",
+        "handler/items.py",
         "except Exception as exc:  # MemoryError and torch's allocation failures included",
         "except MemoryError as exc:",
         (*ISOLATION, *HTTP),
@@ -100,6 +101,13 @@ MUTATIONS = [
         "for index, crop in zip(indices, resized, strict=True):",
         "for index, crop in zip(indices, resized.flip(0), strict=True):",
         (*GPU_DECODE, *HTTP),
+    ),
+    Mutation(
+        "serial",  # the next micro-batch prepared before the model call, not beside it
+        "handler/overlap.py",
+        "return self._helper.submit(self._prepare_on_side, prepare, chunk)",
+        "return (f := self._helper.submit(self._prepare_on_side, prepare, chunk), f.result())[0]",
+        (*OVERLAP,),
     ),
 ]
 

@@ -78,9 +78,9 @@ def start(exported, device=None, **settings) -> tuple[ImageClassifierService, Fa
     service = ImageClassifierService()
     service.initialize(context)
     spy = None
-    if service.jpeg_decoder is not None:
-        spy = Spy(service.jpeg_decoder)
-        service.jpeg_decoder = spy
+    if service.preparer.jpeg_decoder is not None:
+        spy = Spy(service.preparer.jpeg_decoder)
+        service.preparer.jpeg_decoder = spy
     return service, context, spy
 
 
@@ -175,7 +175,7 @@ def test_decoder_failures_fall_back_per_item(exported_cover, monkeypatch):
     def explode(uploads):
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(service, "jpeg_decoder", explode)
+    monkeypatch.setattr(service.preparer, "jpeg_decoder", explode)
     context = FakeContext(exported_cover.out_dir, "x")
     answers = [json.loads(a) for a in service.handle(requests_for(good), context)]
     assert statuses(context, 4) == [200] * 4
@@ -186,7 +186,7 @@ def test_decoder_failures_fall_back_per_item(exported_cover, monkeypatch):
 def test_exact_path_models_and_cpu_workers_keep_pillow(exported_screens, exported_small):
     service, _, _ = start(exported_screens)  # the export chose the exact path for it
     assert exported_screens.meta.preprocess.decode.path == "exact"
-    assert service.jpeg_decoder is None
+    assert service.preparer.jpeg_decoder is None
     config = HandlerConfig.from_yaml({})
     assert config.gpu_decode == "auto"
     assert not config.batch_jpeg_decode(torch.device("cpu"))
@@ -240,9 +240,9 @@ def test_gpu_worker_decodes_jpegs_on_the_gpu(exported_small, precision):
     )
     service = ImageClassifierService()
     service.initialize(context)
-    assert service.jpeg_decoder is not None
-    spy = Spy(service.jpeg_decoder)
-    service.jpeg_decoder = spy
+    assert service.preparer.jpeg_decoder is not None
+    spy = Spy(service.preparer.jpeg_decoder)
+    service.preparer.jpeg_decoder = spy
     batch = [*ALL, _cmyk_jpeg()]
     answers = [json.loads(a) for a in service.handle(requests_for(batch), context)]
     assert statuses(context, len(batch)) == [200] * len(batch)

@@ -18,7 +18,7 @@ import torch
 
 from gameart.measure import hostile_bench
 from gameart.measure.hostile_inputs import corpus
-from handler import service as service_module
+from handler import preparation
 from handler.cache import image_key
 from handler.inputs import MAX_TOP_K
 from handler.service import ImageClassifierService
@@ -83,7 +83,7 @@ def test_any_exception_in_an_item_stage_costs_only_that_item(exported_small, mon
     """Not only the errors the code expects: whatever a per-item stage raises is that item's
     answer (500 for the server's own faults, 507 for allocation failures)."""
     service, context = start_service(exported_small)
-    real_resize = service_module.resize_crop
+    real_resize = preparation.resize_crop
 
     def flaky(image, spec):
         if image.size == (250, 330):
@@ -94,7 +94,7 @@ def test_any_exception_in_an_item_stage_costs_only_that_item(exported_small, mon
             )
         return real_resize(image, spec)
 
-    monkeypatch.setattr(service_module, "resize_crop", flaky)
+    monkeypatch.setattr(preparation, "resize_crop", flaky)
     penguin = next(p for p in real_images() if p.name.startswith("frozenbubble_penguin_rgba"))
     grass = next(p for p in real_images() if p.name == "etr_icy_grass_256.png")
     fire = next(p for p in real_images() if p.name == "pingus_fire_960x590.jpg")

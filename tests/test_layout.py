@@ -6,6 +6,8 @@ imports another module's private names; scripts/ holds thin entry points."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,15 @@ def test_scripts_are_thin_entry_points():
         ]
         assert len(code) <= 12, f"{path.name} has {len(code)} lines: put the logic in gameart/"
         assert "gameart" in path.read_text(), path.name
+
+
+def test_the_gpu_lease_script_parses_and_names_every_phase():
+    """scripts/gpu_lease.sh runs only on a lent GPU machine, in one prepared call: a syntax
+    error or a phase its usage line does not name would cost that lease."""
+    script = REPO_ROOT / "scripts" / "gpu_lease.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    phases = re.findall(r"^([a-z0-9-]+)\)$", text, flags=re.MULTILINE)
+    usage = re.search(r'^usage="usage: gpu_lease.sh (\S+) OUT', text, flags=re.MULTILINE)
+    assert usage and sorted(usage.group(1).split("|")) == sorted(phases)
+    assert {"issue13", "ort-gpu", "tests"} <= set(phases)

@@ -43,8 +43,13 @@ def server(tmp_path_factory, exported_cover, exported_screens):
     store = root / "model_store"
     settings = {"batch_size": BATCH, "max_batch_delay_ms": WINDOW_MS}
     # the cover model decodes plain JPEGs in batches (handler/gpu_decode.py; libjpeg-turbo on
-    # this CPU, nvJPEG on a GPU worker), so that path is served by a real TorchServe too
-    cover_settings = {**settings, "handler_settings": {"gpu_decode": "on"}}
+    # this CPU, nvJPEG on a GPU worker) and splits each batch in two, the second half decoded
+    # while the model runs on the first (handler/overlap.py), as a GPU worker does by default;
+    # so those paths are served by a real TorchServe too
+    cover_settings = {
+        **settings,
+        "handler_settings": {"gpu_decode": "on", "overlap_chunks": 2},
+    }
     torchserve.archive(
         exported_cover.out_dir, store, "cover_genre", "torchscript", **cover_settings
     )

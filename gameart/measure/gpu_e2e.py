@@ -2,6 +2,8 @@
 
   ours        our handler, the served export (fp16 on a GPU), JPEGs decoded batch-wise on the
               GPU (gpu_decode auto)
+  ours_serial the same without the overlap inside a worker (overlap_chunks 1): each batch is
+              decoded, then run through the model, as before handler/overlap.py
   ours_cpu    the same with gpu_decode off: Pillow decodes on the host's cores, as before
   stock       TorchServe's image_classifier handler on the same weights (eager fp32)
   noop        gameart/measure/noop_handler.py: the same payloads answered with a constant; the
@@ -41,7 +43,13 @@ if TYPE_CHECKING:  # the archive module imports torch, which the client processe
 
 NOOP_HANDLER = Path(__file__).with_name("noop_handler.py")
 DEFAULT_OUT = REPO_ROOT / "results" / "gpu_e2e"
-HANDLERS = ("noop", "ours", "ours_cpu", "stock")
+HANDLERS = ("noop", "ours", "ours_serial", "ours_cpu", "stock")
+# our rows: the handler settings each adds to the served archive's
+OUR_VARIANTS = {
+    "ours": {"gpu_decode": "auto"},
+    "ours_serial": {"gpu_decode": "auto", "overlap_chunks": 1},
+    "ours_cpu": {"gpu_decode": "off"},
+}
 PROTOCOLS = ("http", "grpc")  # grpc: TorchServe's gRPC inference API
 GPU_BATCH_SIZE = 32  # the e2e default: a GPU worker wants larger batches than the CPU default
 GPU_WORKERS = 4
@@ -116,9 +124,9 @@ def archive_all(setup: Setup, store: Path) -> None:
 
     ours = setup.served.replace(model_store=store)
     ours = ours.with_handler(intra_op_threads=threads_per_worker(setup.workers))
-    for name, decode in (("ours", "auto"), ("ours_cpu", "off")):
+    for name, settings in OUR_VARIANTS.items():
         if name in setup.handlers:
-            build_archive(ours.replace(name=name).with_handler(gpu_decode=decode))
+            build_archive(ours.replace(name=name).with_handler(**settings))
     if "noop" in setup.handlers:
         config = ours.frontend_config()
         package(name="noop", handler=NOOP_HANDLER, config=config, model_store=store)
@@ -218,7 +226,7 @@ def run(setup: Setup) -> dict[str, Any]:
                 }
                 rows.append(row)
                 print(
-                    f"  {handler:8s} {protocol:4s} c={concurrency:4d}: "
+                    f"  {handler:11s} {protocol:4s} c={concurrency:4d}: "
                     f"{row['throughput_rps']:8.1f} img/s "
                     f"p50 {row['p50_ms']:7.1f} p99 {row['p99_ms']:7.1f} ms  "
                     f"GPU {row['gpu_busy_pct']}%  load {row['load_avg_1m']}  {row['statuses']}",
