@@ -20,7 +20,7 @@
 # MPS=1 before a phase runs it under NVIDIA's Multi-Process Service (when the machine has
 # nvidia-cuda-mps-control), so the workers' kernels share the GPU instead of taking turns.
 # onnxruntime-gpu (~250 MB, cp312) is too big for one transfer: split it with
-#   split -b 60M onnxruntime_gpu-*.whl .device/ort-gpu.whl.part-
+#   split -b 50M onnxruntime_gpu-*.whl .device/ort-gpu.whl.part-
 # and carry one part per call while the machine stays warm; this phase joins them.
 set -euo pipefail
 usage="usage: gpu_lease.sh export|model|tests|e2e|experiment|e2e-legacy|issue13|ort-gpu OUT [ARGS]"
