@@ -54,8 +54,12 @@ class TorchScriptBackend:
         self.module = torch.jit.load(str(path), map_location=device).eval()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.forward_on_device(batch).float().cpu()
+
+    def forward_on_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """The logits where the model ran, in its dtype: what a CUDA graph captures."""
         with torch.inference_mode():
-            return self.module(batch).float().cpu()
+            return self.module(batch)
 
 
 class OnnxBackend:

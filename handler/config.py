@@ -41,6 +41,9 @@ class HandlerConfig:
     # this one (handler/overlap.py). 0: auto, 2 on GPU workers (decode and model on two CUDA
     # streams) and 1 on CPU workers, whose cores the model already keeps busy; 1: no overlap.
     overlap_chunks: int = 0
+    # GPU workers serving a TorchScript file: one CUDA graph per batch-size bucket, captured at
+    # load and replayed per batch (handler/cuda_graphs.py). Off until measured on a GPU.
+    cuda_graphs: bool = False
     warmup: bool = True
     keep_freed_memory: bool = True  # glibc malloc tuning, see handler/allocator.py
     # Redis cache of answers (see handler/cache.py): off unless a URL is set here or in the
@@ -77,6 +80,8 @@ class HandlerConfig:
             raise ValueError("int8 is an ONNX Runtime model: use backend onnx")
         if self.gpu_decode not in ("auto", "on", "off"):
             raise ValueError(f"gpu_decode must be auto, on or off, got {self.gpu_decode!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         if not 0 <= self.overlap_chunks <= 64:
             raise ValueError("overlap_chunks must be between 0 (auto) and 64")
         if self.top_k < 1:

@@ -32,6 +32,7 @@ from handler.allocator import keep_freed_memory
 from handler.backends import Backend, load_backend, select_device
 from handler.cache import RedisCache, image_key, model_identity
 from handler.config import HandlerConfig, live_workers_on_host
+from handler.cuda_graphs import with_cuda_graphs
 from handler.errors import OIP, PayloadTooLarge, ServerError
 from handler.explain import explain_crop, resolve_target
 from handler.inputs import extract_image
@@ -86,9 +87,13 @@ class ImageClassifierService:
         threads = self.config.resolved_threads(workers)
         device = select_device(props.get("gpu_id"))
         self.load(model_file, device, threads)
+        batch_size = int(props.get("batch_size") or 1)
+        if self.config.cuda_graphs:
+            size = self.meta.preprocess.input_size
+            self.backend = with_cuda_graphs(self.backend, batch_size, size)
         self.connect_cache(model_file, context)
         if self.config.warmup:
-            self.warm_up(int(props.get("batch_size") or 1))
+            self.warm_up(batch_size)
         self.initialized = True
         log.info(
             "loaded %s: %s/%s on %s, %d threads, %d classes, JPEG decode on %s",

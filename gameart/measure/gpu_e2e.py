@@ -4,6 +4,7 @@
               GPU (gpu_decode auto)
   ours_serial the same without the overlap inside a worker (overlap_chunks 1): each batch is
               decoded, then run through the model, as before handler/overlap.py
+  ours_graphs the same replaying CUDA graphs of the model (cuda_graphs: true)
   ours_cpu    the same with gpu_decode off: Pillow decodes on the host's cores, as before
   stock       TorchServe's image_classifier handler on the same weights (eager fp32)
   noop        gameart/measure/noop_handler.py: the same payloads answered with a constant; the
@@ -43,11 +44,12 @@ if TYPE_CHECKING:  # the archive module imports torch, which the client processe
 
 NOOP_HANDLER = Path(__file__).with_name("noop_handler.py")
 DEFAULT_OUT = REPO_ROOT / "results" / "gpu_e2e"
-HANDLERS = ("noop", "ours", "ours_serial", "ours_cpu", "stock")
+HANDLERS = ("noop", "ours", "ours_serial", "ours_graphs", "ours_cpu", "stock")
 # our rows: the handler settings each adds to the served archive's
 OUR_VARIANTS = {
     "ours": {"gpu_decode": "auto"},
     "ours_serial": {"gpu_decode": "auto", "overlap_chunks": 1},
+    "ours_graphs": {"gpu_decode": "auto", "cuda_graphs": True},
     "ours_cpu": {"gpu_decode": "off"},
 }
 PROTOCOLS = ("http", "grpc")  # grpc: TorchServe's gRPC inference API
