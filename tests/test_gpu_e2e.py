@@ -9,7 +9,7 @@ import pytest
 
 from gameart.cli import gpu_e2e
 from gameart.measure import gpu_probe, loadgen
-from gameart.measure.loadtest import client_ceiling
+from gameart.measure.load_checks import client_ceiling
 from gameart.measure.uploads import cover_uploads
 
 pytestmark = pytest.mark.integration

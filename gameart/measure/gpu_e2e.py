@@ -190,7 +190,7 @@ def measure(
 
 def measure_client_ceiling(uploads: list[Upload], setup: Setup) -> dict[str, Any]:
     """The client processes against a do-nothing aiohttp server with as many processes."""
-    from gameart.measure.loadtest import client_ceiling
+    from gameart.measure.load_checks import client_ceiling
 
     top = max(setup.concurrencies)
     return client_ceiling(uploads, top, min(setup.seconds, 5.0), setup.processes)
