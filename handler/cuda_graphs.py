@@ -46,19 +46,40 @@ class GraphedBackend:
         self.buckets = buckets
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         device, pool = inner.device, None
-        side = torch.cuda.Stream(device)
-        for size in sorted(buckets, reverse=True):  # the largest first: the rest fit its pool
-            static_in = torch.zeros((size, *input_shape), dtype=inner.input_dtype, device=device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_RUNS):
-                    inner.forward_on_device(static_in)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                static_out = inner.forward_on_device(static_in)
-            pool = graph.pool()
-            self._graphs[size] = (graph, static_in, static_out)
+        # the worker's GPU need not be the current device (gpu_id 3 of 4): every stream here is
+        # made on it, or the capture would record another device's stream, i.e. nothing
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream(device)
+            for size in sorted(buckets, reverse=True):  # the largest first: the rest fit its pool
+                shape = (size, *input_shape)
+                static_in = torch.zeros(shape, dtype=inner.input_dtype, device=device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    for _ in range(WARMUP_RUNS):
+                        inner.forward_on_device(static_in)
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.Stream(device)):
+                    static_out = inner.forward_on_device(static_in)
+                pool = graph.pool()
+                self._graphs[size] = (graph, static_in, static_out)
+        self.check()
+
+    def check(self) -> None:
+        """Each graph replayed on random input must give the plain model's logits: a capture
+        that recorded nothing (a warning, not an error, in torch) would answer every image
+        with the logits of a blank one."""
+        for size, (graph, static_in, static_out) in self._graphs.items():
+            probe = torch.randn(static_in.shape, device=static_in.device).to(static_in.dtype)
+            with torch.no_grad():
+                static_in.copy_(probe)
+            graph.replay()
+            replayed = static_out.float().cpu()
+            plain = self.inner(probe)
+            tolerance = 1e-2 if static_in.dtype == torch.float16 else 1e-3
+            scale = max(1.0, float(plain.abs().max()))
+            if not torch.allclose(replayed, plain, atol=tolerance * scale, rtol=0):
+                raise RuntimeError(f"the CUDA graph for batch {size} does not match the model")
 
     def __getattr__(self, name: str) -> Any:  # name, device, input_dtype, module (Grad-CAM)
         return getattr(self.inner, name)
@@ -84,10 +105,14 @@ def with_cuda_graphs(backend: Any, batch_size: int, input_size: int) -> Any:
         log.warning("cuda_graphs: only TorchScript files are captured; %s runs plain", backend.name)
         return backend
     buckets = buckets_for(batch_size)
+    previous = torch.cuda.current_stream(backend.device)
     try:
         graphed = GraphedBackend(backend, buckets, (3, input_size, input_size))
     except Exception:  # a model with host syncs cannot be captured: serve it as it is
         log.exception("capturing CUDA graphs failed; this worker runs the plain model")
+        # a capture that failed at its end can leave this thread on the capture's stream
+        torch.cuda.set_stream(previous)
+        torch.cuda.synchronize(backend.device)
         return backend
     log.info("CUDA graphs captured for batch sizes %s", ", ".join(map(str, buckets)))
     return graphed

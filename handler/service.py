@@ -148,7 +148,9 @@ class ImageClassifierService:
         """Run the sizes TorchServe will send, so the first real request is not the slow one."""
         size = self.meta.preprocess.input_size
         blank = torch.full((3, size, size), 128, dtype=torch.uint8)
-        for n in sorted({1, max(1, batch_size)}):
+        batch_size = max(1, batch_size)
+        micro_batch = math.ceil(batch_size / self.chunks)  # what the model sees when split
+        for n in sorted({1, micro_batch, batch_size}):
             for _ in range(2):  # TorchScript's profiling executor specialises on the 2nd call
                 self.backend(self.normalizer([blank] * n))
 

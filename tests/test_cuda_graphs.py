@@ -61,23 +61,29 @@ def test_a_cpu_worker_serves_the_plain_model(exported_small, backend):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none present")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_gpu_worker_replays_graphs_with_the_same_answers(exported_small, precision):
+def test_gpu_worker_replays_graphs_with_the_same_answers(exported_small, precision, monkeypatch):
     """Archive batch size 4 (buckets 1, 2, 4): batches of 1 to 4 replay a graph, padded where
     needed, 6 runs plainly; every answer equals the user's pipeline, and a Grad-CAM
     explanation still finds the file's explain method through the wrapper."""
+    settings = {"precision": precision, "cuda_graphs": True, "overlap_chunks": 1}
     context = FakeContext(
         exported_small.out_dir,
         exported_small.meta.model_file("torchscript", precision),
-        {"handler": {"precision": precision, "cuda_graphs": True}},
+        {"handler": settings},
         gpu_id=0,
         batch_size=4,
     )
     service = ImageClassifierService()
-    service.initialize(context)
+    service.initialize(context)  # captures, and checks each graph against the plain model
     assert isinstance(service.backend, GraphedBackend)
     assert isinstance(service.backend.inner, TorchScriptBackend)
     assert service.backend.buckets == (1, 2, 4)
-    for rows in (1, 3, 4, 2, 6, 1):
+    replays: list[int] = []
+    original = torch.cuda.CUDAGraph.replay
+    monkeypatch.setattr(
+        torch.cuda.CUDAGraph, "replay", lambda graph: (replays.append(rows), original(graph))
+    )
+    for rows in (1, 3, 4, 2, 6, 1):  # overlap off: the model sees each batch whole
         batch = IMAGES[:rows]
         answers = [json.loads(a) for a in service.handle(requests_for(batch), context)]
         assert statuses(context, rows) == [200] * rows
@@ -85,6 +91,7 @@ def test_gpu_worker_replays_graphs_with_the_same_answers(exported_small, precisi
             exported_small.model, batch, exported_small.meta.preprocess
         )
         assert_answers_match(answers, reference, exported_small.meta.class_names)
+    assert replays == [1, 3, 4, 2, 1]  # 6 is over every bucket: the plain model
     explain = [{"body": bytearray(IMAGES[0])}]
     context.request_headers = {0: {"explain": "True"}}
     answer = json.loads(service.handle(explain, context)[0])

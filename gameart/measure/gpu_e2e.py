@@ -5,7 +5,8 @@
   ours_serial the same without the overlap inside a worker (overlap_chunks 1): each batch is
               decoded, then run through the model, as before handler/overlap.py
   ours_graphs the same replaying CUDA graphs of the model (cuda_graphs: true)
-  ours_cpu    the same with gpu_decode off: Pillow decodes on the host's cores, as before
+  ours_cpu    the same with gpu_decode off: Pillow decodes on the host's cores (in the
+              overlap's helper thread too, on a GPU worker)
   stock       TorchServe's image_classifier handler on the same weights (eager fp32)
   noop        gameart/measure/noop_handler.py: the same payloads answered with a constant; the
               frontend's own ceiling on this host
