@@ -57,6 +57,10 @@ def stack(tmp_path_factory, exported_small):
         listen=f"127.0.0.1:{port}",
         rate_per_s=50,
         burst=50,
+        # the tests here send explanations back to back; the default 1/s, burst 5, would answer
+        # some of them 429 depending on the order the tests ran in
+        explain_rate_per_s=50,
+        explain_burst=50,
         prefix=root / "nginx",
         key_run_dir=server.run_dir,
         models=MODELS,
@@ -146,6 +150,32 @@ def test_stopping_the_front_stops_its_key_watcher(stack, tmp_path):
     psutil.Process(watcher).wait(timeout=10)  # raises if it is still running
     assert not published.exists()
     assert requests.get(f"{stack.front}/playground/", timeout=10).status_code == 200  # the other
+
+
+def test_explanations_have_a_rate_limit_of_their_own(stack, tmp_path):
+    """A second front with the explanation limit at 1 a minute, burst 1: of six explanations
+    sent one after another, the first two pass and the rest get 429, while predictions sent
+    between them are all served (their limit is another)."""
+    (port,) = free_ports(1)
+    spec = dataclasses.replace(
+        stack.spec,
+        listen=f"127.0.0.1:{port}",
+        prefix=tmp_path / "nginx",
+        explain_rate_per_s=1 / 60,
+        explain_burst=1,
+    )
+    start_front(spec)
+    try:
+        limited = Stack(stack.server, f"http://127.0.0.1:{port}", spec)
+        photo = real_images()[1].read_bytes()
+        explained, predicted = [], []
+        for _ in range(6):
+            explained.append(post(limited, "explanations", "small", photo).status_code)
+            predicted.append(post(limited, "predictions", "small", photo).status_code)
+        assert explained == [200, 200, 429, 429, 429, 429], explained
+        assert predicted == [200] * 6
+    finally:
+        stop_front(spec.prefix)
 
 
 def test_bad_explanation_requests_get_the_same_4xx_as_predictions(stack):

@@ -49,10 +49,12 @@ def start(args: argparse.Namespace) -> int:
         )
     spec = FrontSpec(
         upstreams,
-        args.listen,
-        args.rate,
-        args.burst,
-        args.prefix,
+        listen=args.listen,
+        rate_per_s=args.rate,
+        burst=args.burst,
+        prefix=args.prefix,
+        explain_rate_per_s=args.explain_rate,
+        explain_burst=args.explain_burst,
         key_run_dir=args.run_dir if args.add_key else None,
         models=models,
         explain_pools=any(is_pool(model) for model in served),  # serve.py start --explain-pool
@@ -104,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start_cmd.add_argument(
         "--burst", type=int, default=DEFAULTS.burst, help="extra requests allowed at once"
+    )
+    start_cmd.add_argument(
+        "--explain-rate",
+        type=float,
+        default=DEFAULTS.explain_rate_per_s,
+        help="explanations/s per client",
+    )
+    start_cmd.add_argument(
+        "--explain-burst",
+        type=int,
+        default=DEFAULTS.explain_burst,
+        help="extra explanations allowed at once",
     )
     start_cmd.add_argument(
         "--add-key",

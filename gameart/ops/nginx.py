@@ -57,6 +57,16 @@ class FrontSpec:
     key_run_dir: Path | None = None
     models: tuple[str, ...] = ()  # offered by the playground page
     explain_pools: bool = False  # send /explanations/<m> to <m>-explain (gameart/ops/explain_pool)
+    # explanations cost 3-30x a prediction: a limit of their own (and 2 at once for everyone)
+    explain_rate_per_s: float = 1.0
+    explain_burst: int = 5
+
+
+def nginx_rate(per_s: float) -> str:
+    """limit_req's rate: whole requests per second, or per minute below one a second."""
+    if per_s >= 1:
+        return f"{round(per_s)}r/s"
+    return f"{max(1, round(per_s * 60))}r/m"
 
 
 def render(spec: FrontSpec, prefix: Path) -> str:
@@ -72,8 +82,10 @@ def render(spec: FrontSpec, prefix: Path) -> str:
     for key, value in {
         "LISTEN": spec.listen,
         "SERVERS": servers,
-        "RATE": f"{spec.rate_per_s:g}",
+        "RATE": nginx_rate(spec.rate_per_s),
         "BURST": str(spec.burst),
+        "EXPLAIN_RATE": nginx_rate(spec.explain_rate_per_s),
+        "EXPLAIN_BURST": str(spec.explain_burst),
         "PREFIX": str(prefix),
         "PLAYGROUND": str(published_playground(prefix)),
         "EXPLAIN_POOL": (
