@@ -91,10 +91,4 @@ class Overlap:
             return
         model_stream = torch.cuda.current_stream(self.device)
         for tensor in made:
-            if tensor.is_cuda:
-                tensor.record_stream(model_stream)
-
-    def close(self) -> None:
-        if self._helper is not None:
-            self._helper.shutdown(wait=True)
-            self._helper = None
+            tensor.record_stream(model_stream)

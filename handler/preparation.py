@@ -46,10 +46,8 @@ class Preparer:
             else:
                 log.info("JPEGs decode on the CPU: this model's decode policy is the exact path")
 
-    def __call__(self, items: list[Item], clock: StageClock) -> list[torch.Tensor]:
-        """Give each item without an error its crop; returns the crops made on the device
-        (the caller hands them to another CUDA stream, see handler/overlap.py)."""
-        on_device: list[torch.Tensor] = []
+    def __call__(self, items: list[Item], clock: StageClock) -> None:
+        """Give each item without an error its crop."""
         if self.jpeg_decoder is not None:
             with clock.stage("inspect"):
                 for item in items:
@@ -60,12 +58,10 @@ class Preparer:
                     crops = self._batch_decode([item.image for item in batch])
                 for item, crop in zip(batch, crops, strict=True):
                     item.crop = crop
-                on_device = [crop for crop in crops if crop is not None]
         rest = [item for item in items if item.error is None and item.crop is None]
         if rest:
             with clock.stage("decode"):
                 self._map(lambda it: guarded(it, "decode", self.decode), rest)
-        return on_device
 
     def inspect(self, item: Item) -> None:
         """The header checks (inspect_image) under this worker's limits, once per item."""

@@ -242,16 +242,17 @@ class ImageClassifierService:
         return sum(item.from_cache for item in wanted)
 
     def prepare(self, chunk: list[Item], clock: StageClock) -> list[torch.Tensor]:
-        """Crops for one micro-batch. Per-item faults are already each item's own; a fault of
+        """Crops for one micro-batch; returns those made on the GPU, for the overlap to hand
+        over between CUDA streams. Per-item faults are already each item's own; a fault of
         the preparer's own code fails the items of this micro-batch still without a crop."""
         try:
-            return self.preparer(chunk, clock=clock)
+            self.preparer(chunk, clock=clock)
         except Exception as exc:
             failure = server_error(exc, f"preparing {len(chunk)} item(s)")
             for item in chunk:
                 if item.error is None and item.crop is None:
                     item.error = failure
-            return [item.crop for item in chunk if item.crop is not None and item.crop.is_cuda]
+        return [item.crop for item in chunk if item.crop is not None and item.crop.is_cuda]
 
     def infer(self, items: list[Item]) -> list[Item]:
         """Run the model for the batch; on failure, in halves, so only failing items fail."""

@@ -1,8 +1,9 @@
 """Where a worker's time goes, per batch and per stage, as Prometheus histograms.
 
 Each batch records the seconds it spent in each stage (extract, cache, inspect, decode,
-gpu_decode, model, answer) as one observation of HandlerStageSeconds{Stage=...}, declared as
-a histogram in metrics.yaml (seconds, so Prometheus' default buckets 5 ms..10 s resolve it).
+gpu_decode, model, prepare_wait, explain, answer) as one observation of
+HandlerStageSeconds{Stage=...}, declared as a histogram in metrics.yaml (seconds, so
+Prometheus' default buckets 5 ms..10 s resolve it).
 A GPU stage is timed to its completion (its thread's stream is synchronised at its end, not
 the whole device, so a stage beside it on another stream runs on), not to the moment its
 kernels were queued. Without overlap the figures add up to the batch's wall time; with it

@@ -8,8 +8,8 @@
 #                                        # AOTInductor fp16 package, INT8; parity checked
 #   scripts/gpu_lease.sh model OUT       # model-only rows on the GPU (after export)
 #   scripts/gpu_lease.sh tests OUT       # the GPU-marked tests
-#   scripts/gpu_lease.sh e2e OUT [ARGS]  # scripts/gpu_e2e.py: ours / ours_serial / ours_cpu /
-#                                        # stock / noop
+#   scripts/gpu_lease.sh e2e OUT [ARGS]  # scripts/gpu_e2e.py: ours / ours_serial / ours_graphs /
+#                                        # ours_cpu / stock / noop
 #   scripts/gpu_lease.sh experiment OUT  # scripts/experiment.py on GPU workers
 #   scripts/gpu_lease.sh e2e-legacy OUT  # the 2026-11-23 end-to-end rows (benchmark.py)
 #   scripts/gpu_lease.sh issue13 OUT     # one call: export, end to end, model rows, in order of
